@@ -1,0 +1,57 @@
+# Notebook-first ML: `make help` lists the targets. Variables: DATA=path.csv PROFILE=smoke|full SPEC=specs/x.yaml
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?=
+PROFILE ?=
+SPEC ?=
+RUN_ENV := DATA="$(DATA)" PROFILE="$(PROFILE)" SPEC="$(SPEC)"
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements.txt requirements_dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements_dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (project)" >/dev/null
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv with requirements_dev.txt and nbs_lib installed (done by the other targets when missing)
+
+pipeline: $(STAMP) ## run the notebooks in order with papermill and register the best model [DATA= PROFILE=smoke|full SPEC=]
+	$(RUN_ENV) $(PY) -m src.pipeline
+
+test: $(STAMP) ## run every test: nbdev notebook tests, pipeline, gate, model behaviour, data contract
+	$(PY) -m pytest -q
+
+validate: $(STAMP) ## check a CSV against the spec's data contract [DATA=path SPEC= POLICY=training|current]
+	$(RUN_ENV) $(PY) -m src.validate $(if $(POLICY),--policy $(POLICY))
+
+export: $(STAMP) ## regenerate nbs_lib/ from the notebooks and strip notebook outputs
+	$(VENV)/bin/nbdev-export && $(VENV)/bin/nbdev-clean
+
+lint: $(STAMP) ## ruff over src/, tests/ and the generated library
+	$(VENV)/bin/ruff check src tests nbs_lib
+
+bench-pipeline: $(STAMP) ## papermill run vs the same notebook code run in one plain Python process [DATA= PROFILE=]
+	$(RUN_ENV) $(PY) -m src.bench.pipeline
+
+bench-validate: $(STAMP) ## time and peak memory to validate 1M generated rows
+	$(PY) -m src.bench.validate
+
+mlflow-ui: $(STAMP) ## MLflow UI on :5000 over the local store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///models/mlflow.db --host 0.0.0.0 --port 5000
+
+jupyter: $(STAMP) ## JupyterLab on :8888
+	$(VENV)/bin/jupyter lab --ip 0.0.0.0 --port 8888 --no-browser notebooks
+
+clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
+	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation
+
+.PHONY: help install pipeline test validate export lint bench-pipeline bench-validate mlflow-ui jupyter clean
