@@ -1,0 +1,66 @@
+"""An Optuna worker: adds trials to the shared study until it holds `--target-trials` finished trials.
+
+Many workers (processes, containers, machines) run this against one study in one RDB storage (OPTUNA_STORAGE, e.g.
+postgresql://...) and the same OPTUNA_STUDY name; the pipeline's registration notebook then takes the study's best
+trial. `docker-compose up --scale tuner=3` runs three of them. Each worker logs its trials as nested MLflow runs
+under a run of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("tune")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target-trials", type=int, default=None,
+                        help="stop when the study has this many finished (complete or pruned) trials (default: the profile's n_trials)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log trials to MLflow")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+    import mlflow
+    import optuna
+
+    from nbs_lib.config import UserInputError, configure_mlflow, get_settings, load_spec
+    from nbs_lib.processing import features_target, prepare_split
+    from nbs_lib.tuning import data_fingerprint, make_objective, open_study, study_name, study_summary
+
+    try:
+        settings = get_settings()
+        spec = load_spec(settings.spec, settings.project_dir)
+        profile = settings.run_profile
+        target = args.target_trials or profile.n_trials
+        train, _ = prepare_split(settings, spec, Path(tempfile.mkdtemp(prefix="tuner-")))
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    X, y = features_target(train, spec)
+    study = open_study(settings, spec, study_name(settings, spec, data_fingerprint(settings.data, spec)))
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    stop_at_target = optuna.study.MaxTrialsCallback(target, states=finished)
+    log.info("worker %s joins study %s (%d trials so far, target %d)", socket.gethostname(), study.study_name,
+             len(study.trials), target)
+    objective = make_objective(X, y, spec, profile, settings.seed, log_mlflow=not args.no_mlflow)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.no_mlflow:
+        study.optimize(objective, callbacks=[stop_at_target], timeout=profile.timeout_s, gc_after_trial=True)
+    else:
+        exp_id = configure_mlflow(settings, spec)
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"tuner-{socket.gethostname()}",
+                              tags={"optuna.study": study.study_name}):
+            study.optimize(objective, callbacks=[stop_at_target], timeout=profile.timeout_s, gc_after_trial=True)
+    summary = study_summary(study, spec)
+    log.info("study %s: %s, best %s", study.study_name, summary["trials"], summary[f"best_cv_{spec.primary_metric}"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
