@@ -60,7 +60,7 @@ def prepare_input(settings: Settings, spec: Spec, staging: Path) -> PreparedInpu
     source = Path(settings.data) if settings.data else write_synthetic_csv(spec, staging / "generated")
     frame = read_table(source, spec)
     require_target(frame, spec, f"DATA file {source}")
-    validate_training_frame(frame, spec, source=str(source), docs_dir=settings.reports_dir / "validation")
+    validate_training_frame(frame, spec, source=str(source))  # Data Docs: `make validate`; a run writes reports only on success
     raw_path, sha = ingest_raw(source, settings.raw_dir, name=None if settings.data else f"synthetic-{spec.name}")
     return PreparedInput(raw_path, sha, len(frame))
 
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="", choices=["", "smoke", "full"], help="search profile (default: PROFILE or smoke)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "great_expectations", "papermill", "traitlets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = get_settings(spec=args.spec, data=args.data, profile=args.profile)
         summary = run_pipeline(settings)

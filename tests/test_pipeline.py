@@ -1,0 +1,184 @@
+"""The batch run end to end: papermill over the notebooks, a registered champion with lineage, the gate, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PROJECT_DIR, REAL_TRAIN, isolated_env, needs_real_data, run_pipeline
+from nbs_lib.config import get_settings, load_spec
+from nbs_lib.registry import champion_version, register_with_gate
+
+NOTEBOOKS = ["01_eda.ipynb", "02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb"]
+
+
+def tree_state(*folders: str | Path) -> dict[str, str]:
+    """sha256 of every file under `folders`: what 'left untouched' is checked against."""
+    out = {}
+    for folder in map(Path, folders):
+        for p in sorted(folder.rglob("*")) if folder.exists() else []:
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def champion(env: dict[str, str], name: str = "obesity"):
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    return champion_version(MlflowClient(), name, "champion")
+
+
+def project_state(env: dict[str, str]) -> tuple:
+    champ = champion(env)
+    return (str(champ.version) if champ else None,
+            tree_state(Path(env["DATA_DIR"]) / "raw", env["REPORTS_DIR"]))
+
+
+def test_pipeline_registers_a_champion_with_lineage_and_gate_tags(trained_project):
+    champ = champion(trained_project)
+    assert champ is not None and str(champ.version) == "1"
+    tags = champ.tags
+    spec_hash = json.loads(Path(trained_project["REPORTS_DIR"], "notebooks", "run_summary.json").read_text())["lineage"]["lineage.spec_sha256"]
+    raw_files = list((Path(trained_project["DATA_DIR"]) / "raw").iterdir())
+    assert len(raw_files) == 1
+    raw = raw_files[0]
+    assert tags["lineage.data_sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    assert raw.name == f"synthetic-obesity-{tags['lineage.data_sha256'][:12]}.csv"
+    assert tags["lineage.spec_sha256"] == spec_hash and len(spec_hash) == 64
+    assert tags["lineage.profile"] == "smoke"
+    assert tags["lineage.git_commit"] != ""
+    assert tags["gate.decision"] == "promoted"
+    assert tags["gate.metric"] == "accuracy"
+    assert tags["gate.champion_score"] == ""  # there was no champion to beat
+    assert float(tags["gate.challenger_score"]) > 0.6
+
+
+def test_raw_copy_is_read_only(trained_project):
+    raw = next((Path(trained_project["DATA_DIR"]) / "raw").iterdir())
+    assert stat.S_IMODE(raw.stat().st_mode) & 0o222 == 0
+
+
+def test_run_logs_executed_notebooks_summary_and_reference(trained_project):
+    champ = champion(trained_project)
+    client = MlflowClient()
+    top = {a.path for a in client.list_artifacts(champ.run_id)}
+    assert {"notebooks", "run_summary.json", "reference"} <= top
+    assert sorted(Path(a.path).name for a in client.list_artifacts(champ.run_id, "notebooks")) == NOTEBOOKS
+    assert [Path(a.path).name for a in client.list_artifacts(champ.run_id, "reference")] == ["train.parquet"]
+    run = client.get_run(champ.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["holdout_accuracy"] == pytest.approx(float(champ.tags["gate.challenger_score"]), abs=1e-6)
+
+
+def test_executed_notebooks_land_in_reports_with_outputs(trained_project):
+    out = Path(trained_project["REPORTS_DIR"]) / "notebooks"
+    assert sorted(p.name for p in out.glob("*.ipynb")) == NOTEBOOKS
+    eda = json.loads((out / "01_eda.ipynb").read_text())
+    images = [o for c in eda["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 4  # class balance, distributions, category mix, correlations (seaborn plots are kept)
+    params = [c for c in eda["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and "data/raw" in "".join(params[0]["source"]).replace(os.sep, "/")
+
+
+def test_trials_are_nested_mlflow_runs_with_cv_metrics(trained_project):
+    champ = champion(trained_project)
+    client = MlflowClient()
+    parent = client.get_run(champ.run_id)
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{champ.run_id}'")
+    assert len(trials) == 6  # the smoke profile's n_trials
+    complete = [t for t in trials if t.data.tags.get("optuna.state") == "COMPLETE"]
+    assert complete and all("cv_accuracy_mean" in t.data.metrics and "model" in t.data.params for t in complete)
+    assert {t.data.params["model"] for t in trials} >= {"lightgbm"}
+
+
+def test_worse_challenger_does_not_move_the_champion(project_env):
+    from sklearn.dummy import DummyClassifier
+
+    from nbs_lib.processing import features_target
+    import pandas as pd
+
+    settings = get_settings()
+    spec = load_spec("obesity", PROJECT_DIR)
+    before = champion(project_env)
+    run_id = before.run_id
+    holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/train.parquet")).head(400)
+    X, y = features_target(holdout, spec)
+    dummy = DummyClassifier(strategy="most_frequent").fit(X, y)
+    with mlflow.start_run(run_name="worse-challenger") as run:
+        result = register_with_gate(dummy, holdout, spec, settings, {"lineage.profile": "test"}, run.info.run_id)
+    assert result.promoted is False
+    assert result.champion_version == str(before.version)
+    assert result.challenger_score < result.champion_score
+    after = champion(project_env)
+    assert str(after.version) == str(before.version)
+    rejected = MlflowClient().get_model_version("obesity", result.version)
+    assert rejected.tags["gate.decision"] == "rejected"
+    assert float(rejected.tags["gate.champion_score"]) == pytest.approx(result.champion_score, abs=1e-6)
+
+
+# --- bad input: a clear paragraph, a non-zero exit, and nothing changed ------------------------------------------
+
+def _broken_spec(tmp_path: Path) -> Path:
+    text = (PROJECT_DIR / "specs" / "obesity.yaml").read_text().replace("BMI: Weight / Height ** 2", "BMI: Weight / Heigth ** 2")
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case, extra_env, code, message", [
+    ("missing DATA", {"DATA": "/nonexistent/obesity.csv"}, 2, "DATA file /nonexistent/obesity.csv does not exist"),
+    ("unknown SPEC", {"SPEC": "specs/nope.yaml"}, 2, "Unknown SPEC 'specs/nope.yaml'"),
+    ("bad PROFILE", {"PROFILE": "fast"}, 2, "PROFILE='fast'"),
+    ("CSV without target", {"DATA": "no_target"}, 2, "has no target column 'NObeyesdad'"),
+    ("MLflow server down", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, 2, "does not answer"),
+    ("notebook fails", {"SPEC": "broken"}, 1, "Notebook 01_eda.ipynb failed in cell"),
+])
+def test_bad_input_fails_clearly_and_changes_nothing(trained_project, tmp_path, case, extra_env, code, message):
+    import pandas as pd
+
+    env = dict(trained_project)
+    if extra_env.get("DATA") == "no_target":
+        from nbs_lib.data import generate_synthetic
+        path = tmp_path / "no_target.csv"
+        generate_synthetic(load_spec("obesity", PROJECT_DIR), rows=200).drop(columns="NObeyesdad").to_csv(path, index=False)
+        extra_env = {"DATA": str(path)}
+    if extra_env.get("SPEC") == "broken":
+        extra_env = {"SPEC": str(_broken_spec(tmp_path))}
+    before = project_state(env)
+    proc = run_pipeline({**env, **extra_env})
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert project_state(env) == before
+
+
+def test_pipeline_trains_a_regression_spec_without_code_change(tmp_path):
+    env = isolated_env(tmp_path) | {"SPEC": "specs/insurance.yaml"}
+    proc = run_pipeline(env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    champ = champion(env, "insurance")
+    assert champ is not None
+    assert champ.tags["gate.metric"] == "rmse"
+    model = mlflow.pyfunc.load_model("models:/insurance@champion")
+    from nbs_lib.data import generate_synthetic
+    rows = generate_synthetic(load_spec("insurance", PROJECT_DIR), rows=50, seed=1)
+    preds = model.predict(rows.drop(columns="charges"))
+    assert preds.dtype.kind == "f" and len(preds) == 50
+    rmse = float(((preds - rows.charges) ** 2).mean() ** 0.5)
+    assert rmse < 0.5 * float(rows.charges.std())  # far better than predicting the mean
+
+
+@needs_real_data
+def test_pipeline_on_real_training_data_reaches_target_accuracy(tmp_path):
+    env = isolated_env(tmp_path) | {"DATA": str(REAL_TRAIN)}
+    proc = run_pipeline(env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    champ = champion(env)
+    assert float(champ.tags["gate.challenger_score"]) >= 0.86
+    assert champ.tags["lineage.data_sha256"] == hashlib.sha256(REAL_TRAIN.read_bytes()).hexdigest()
