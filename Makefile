@@ -10,6 +10,8 @@ DATA ?=
 PROFILE ?=
 SPEC ?=
 RUN_ENV := DATA="$(DATA)" PROFILE="$(PROFILE)" SPEC="$(SPEC)"
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+TUNERS ?= 1
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,13 +47,40 @@ bench-pipeline: $(STAMP) ## papermill run vs the same notebook code run in one p
 bench-validate: $(STAMP) ## time and peak memory to validate 1M generated rows
 	$(PY) -m src.bench.validate
 
+monitor: $(STAMP) ## drift report of CURRENT vs the champion's reference; exit 1 on drift [CURRENT=csv|log.db REFERENCE= SINCE= UNTIL= SPEC=]
+	SPEC="$(SPEC)" $(PY) -m src.monitoring.monitor --current "$(CURRENT)" --reference "$(REFERENCE)" --since "$(SINCE)" --until "$(UNTIL)"
+
+retrain-if-drift: $(STAMP) ## run the monitor and, on drift, the pipeline (its gate decides) [CURRENT= REFERENCE= DATA= PROFILE=]
+	$(RUN_ENV) $(PY) -m src.monitoring.retrain --current "$(CURRENT)" --reference "$(REFERENCE)" --since "$(SINCE)" --until "$(UNTIL)"
+
+simulate: $(STAMP) ## replay rows against the local API [DATA=csv RATE=20 ROWS=500 BATCH=1 SHIFT=Weight=1.5 MIX="MTRANS=Walking:1" API_URL=]
+	SPEC="$(SPEC)" $(PY) -m src.monitoring.simulate --data "$(DATA)" --shift "$(SHIFT)" --mix "$(MIX)" $(if $(RATE),--rate $(RATE)) \
+		$(if $(ROWS),--rows $(ROWS)) $(if $(BATCH),--batch $(BATCH)) $(if $(API_URL),--url "$(API_URL)")
+
+bench-monitor: $(STAMP) ## drift check of 1M generated rows (sampled) vs plain Evidently on 100k: time, peak memory, verdicts
+	$(PY) -m src.bench.monitor
+
 mlflow-ui: $(STAMP) ## MLflow UI on :5000 over the local store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///models/mlflow.db --host 0.0.0.0 --port 5000
 
 jupyter: $(STAMP) ## JupyterLab on :8888
 	$(VENV)/bin/jupyter lab --ip 0.0.0.0 --port 8888 --no-browser notebooks
 
-clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
-	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation
+up: ## build and start the docker-compose stack (needs .env: cp .env.example .env, set the secrets) [TUNERS=n]
+	@test -f .env || { echo "error: no .env. Copy .env.example to .env and set POSTGRES_PASSWORD, JUPYTER_TOKEN and API_KEY."; exit 2; }
+	$(COMPOSE) up -d --build --scale tuner=$(TUNERS)
+	$(COMPOSE) ps
 
-.PHONY: help install pipeline test validate export lint bench-pipeline bench-validate mlflow-ui jupyter clean
+down: ## stop the stack and remove its containers (volumes kept; `docker-compose down -v` drops them too)
+	$(COMPOSE) down --remove-orphans
+
+test-compose: ## build the images, run the whole stack end to end with a real engine, tear it down (prints timings)
+	bash docker/test-compose.sh
+
+bench-tuners: ## time the shared Optuna study with 1 vs 3 tuner containers (real engine) [BENCH_TRIALS=30]
+	bash docker/bench-tuners.sh
+
+clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
+	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation reports/monitoring
+
+.PHONY: help install pipeline test validate export lint bench-pipeline bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor

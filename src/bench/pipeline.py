@@ -1,0 +1,138 @@
+"""`make bench-pipeline`: what papermill costs. The same notebooks run twice on the same data and settings, each
+into its own empty store: once by the pipeline (papermill, one kernel per notebook), once as one plain Python
+process that executes the same code cells with the same parameters. Prints wall times and their ratio."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nbs_lib.config import get_settings, load_spec
+
+NOTEBOOK_ENV = ("MODELS_DIR", "DATA_DIR", "REPORTS_DIR", "MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "PREDICTION_LOG")
+
+
+def isolated(root: Path) -> dict[str, str]:
+    return {"MODELS_DIR": str(root / "models"), "DATA_DIR": str(root / "data"), "REPORTS_DIR": str(root / "reports"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'models' / 'mlflow.db'}",
+            "OPTUNA_STORAGE": f"sqlite:///{root / 'models' / 'optuna.db'}", "PREDICTION_LOG": str(root / "predictions.db")}
+
+
+def code_cells(nb_path: Path, params: dict) -> list[str]:
+    """The notebook's code cells, with the parameters cell replaced by the injected values (as papermill does)."""
+    nb = json.loads(nb_path.read_text())
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"])
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+        out.append(src)
+    return out
+
+
+def run_plain(settings, spec, stage: Path) -> dict[str, float]:
+    """Preflight exactly as the pipeline does, then exec every notebook's cells in this one process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import mlflow
+
+    from src.pipeline import PIPELINE_NOTEBOOKS, finish_run, prepare_input, start_parent_run
+
+    times = {}
+    t0 = time.perf_counter()
+    prepared = prepare_input(settings, spec, stage)
+    run_id = start_parent_run(settings, spec, prepared)
+    times["preflight"] = time.perf_counter() - t0
+    work = stage / "work"
+    work.mkdir()
+    params = {"spec": str(settings.spec_path), "data": str(prepared.raw_path), "profile": settings.profile,
+              "work_dir": str(work), "mlflow_run_id": run_id}
+    cwd = os.getcwd()
+    os.chdir(settings.project_dir / "notebooks")
+    try:
+        for name in PIPELINE_NOTEBOOKS:
+            t = time.perf_counter()
+            namespace: dict = {"__name__": "__main__"}
+            for i, src in enumerate(code_cells(settings.project_dir / "notebooks" / name, params)):
+                exec(compile(src, f"{name}[{i}]", "exec"), namespace)
+            mlflow.end_run()
+            times[name] = time.perf_counter() - t
+    finally:
+        os.chdir(cwd)
+    (stage / "notebooks").mkdir(exist_ok=True)
+    finish_run(settings, run_id, stage / "notebooks", work, "FINISHED")
+    return times
+
+
+def run_papermill(settings, spec, stage: Path) -> dict[str, float]:
+    from src.pipeline import PIPELINE_NOTEBOOKS, execute_notebooks, finish_run, prepare_input, start_parent_run
+
+    times = {}
+    t0 = time.perf_counter()
+    prepared = prepare_input(settings, spec, stage)
+    run_id = start_parent_run(settings, spec, prepared)
+    times["preflight"] = time.perf_counter() - t0
+    out, work = stage / "notebooks", stage / "work"
+    out.mkdir()
+    work.mkdir()
+    for name in PIPELINE_NOTEBOOKS:  # one at a time, so each notebook's cost is visible
+        t = time.perf_counter()
+        import src.pipeline as p
+
+        saved = p.PIPELINE_NOTEBOOKS
+        p.PIPELINE_NOTEBOOKS = (name,)
+        try:
+            execute_notebooks(settings, settings.spec_path, prepared, run_id, out, work)
+        finally:
+            p.PIPELINE_NOTEBOOKS = saved
+        times[name] = time.perf_counter() - t
+    finish_run(settings, run_id, out, work, "FINISHED")
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the two runners this many times (median reported)")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    results: dict[str, list[dict]] = {"papermill": [], "plain": []}
+    for r in range(args.rounds):
+        for runner, fn in (("papermill", run_papermill), ("plain", run_plain)):
+            root = Path(tempfile.mkdtemp(prefix=f"bench-{runner}-"))
+            os.environ.update(isolated(root))
+            settings = get_settings()
+            spec = load_spec(settings.spec, settings.project_dir)
+            t = time.perf_counter()
+            times = fn(settings, spec, root / "stage")
+            times["total"] = time.perf_counter() - t
+            results[runner].append(times)
+            print(f"round {r + 1}: {runner:9s} {times['total']:.1f} s", flush=True)
+            shutil.rmtree(root, ignore_errors=True)
+
+    def median(runner: str, key: str) -> float:
+        vals = sorted(t[key] for t in results[runner])
+        return vals[len(vals) // 2]
+
+    keys = list(results["papermill"][0])
+    s = get_settings()
+    print(f"\nbench-pipeline: profile={s.profile} data={s.data or 'generated'} spec={s.spec} rounds={args.rounds}")
+    print(f"{'step':24s} {'papermill s':>12s} {'plain s':>10s} {'ratio':>7s}")
+    for k in keys:
+        pm, pl = median("papermill", k), median("plain", k)
+        print(f"{k:24s} {pm:12.2f} {pl:10.2f} {pm / pl:7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
