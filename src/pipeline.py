@@ -25,6 +25,7 @@ from nbs_lib.data import ingest_raw, read_table, require_target, write_synthetic
 log = logging.getLogger("pipeline")
 
 PIPELINE_NOTEBOOKS = ("01_eda.ipynb", "02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb")
+PARALLEL_LEAVES = ("01_eda.ipynb",)  # nothing downstream reads their products: they run beside the main chain
 
 
 class NotebookFailed(Exception):
@@ -79,25 +80,45 @@ def start_parent_run(settings: Settings, spec: Spec, prepared: PreparedInput) ->
     return run.info.run_id
 
 
+def execute_notebook(settings: Settings, name: str, params: dict, out_dir: Path) -> None:
+    """Execute one notebook with papermill; a failing cell becomes `NotebookFailed` naming the notebook and the error."""
+    import papermill as pm
+
+    nb_dir = settings.project_dir / "notebooks"
+    started = time.perf_counter()
+    log.info("running %s", name)
+    try:
+        pm.execute_notebook(nb_dir / name, out_dir / name, parameters=params, cwd=str(nb_dir), kernel_name="python3",
+                            progress_bar=False, request_save_on_cell_execute=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        raise NotebookFailed(
+            f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. Nothing was promoted; "
+            f"the champion, data/raw and reports/ are unchanged. The executed copy is {out_dir / name}.") from e
+    log.info("%s done in %.1f s", name, time.perf_counter() - started)
+
+
 def execute_notebooks(settings: Settings, spec_path: Path, prepared: PreparedInput, run_id: str, out_dir: Path,
                       work_dir: Path) -> None:
-    """Run the pipeline notebooks in order; the first failure stops the run."""
-    import papermill as pm
+    """Run the notebooks as the DAG they form: EDA (a leaf) beside processing -> experiments, then registration.
+
+    Registration starts only after every other notebook passed, so any failure stops the run before the gate.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     params = {"spec": str(spec_path), "data": str(prepared.raw_path), "profile": settings.profile,
               "work_dir": str(work_dir), "mlflow_run_id": run_id}
-    nb_dir = settings.project_dir / "notebooks"
-    for name in PIPELINE_NOTEBOOKS:
-        started = time.perf_counter()
-        log.info("running %s", name)
+    last = PIPELINE_NOTEBOOKS[-1]
+    leaves = [n for n in PIPELINE_NOTEBOOKS[:-1] if n in PARALLEL_LEAVES]
+    chain = [n for n in PIPELINE_NOTEBOOKS[:-1] if n not in PARALLEL_LEAVES]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = [pool.submit(execute_notebook, settings, name, params, out_dir) for name in leaves]
         try:
-            pm.execute_notebook(nb_dir / name, out_dir / name, parameters=params, cwd=str(nb_dir), kernel_name="python3",
-                                progress_bar=False, request_save_on_cell_execute=False, log_output=False)
-        except pm.PapermillExecutionError as e:
-            raise NotebookFailed(
-                f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. Nothing was promoted; "
-                f"the champion, data/raw and reports/ are unchanged. The executed copy is {out_dir / name}.") from e
-        log.info("%s done in %.1f s", name, time.perf_counter() - started)
+            for name in chain:
+                execute_notebook(settings, name, params, out_dir)
+        finally:
+            for f in side:
+                f.result()  # re-raises a leaf's NotebookFailed
+    execute_notebook(settings, last, params, out_dir)
 
 
 def finish_run(settings: Settings, run_id: str, out_dir: Path, work_dir: Path, status: str) -> dict:
