@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import PROJECT_DIR, REAL_CURRENT, REAL_TRAIN, needs_real_data
+from test_pipeline import project_state
+
 from nbs_lib.config import load_spec
 from nbs_lib.data import generate_synthetic
 from nbs_lib.validation import validate_file
-from test_pipeline import project_state
 
 SPEC = load_spec("obesity", PROJECT_DIR)
 

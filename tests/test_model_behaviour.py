@@ -7,8 +7,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import PROJECT_DIR
+
 from nbs_lib.config import load_spec
 from nbs_lib.data import generate_synthetic
 
@@ -37,7 +37,7 @@ def test_raising_weight_at_fixed_height_never_lowers_the_predicted_level_on_aver
     for extra_kg in (0, 5, 10, 20, 30):
         heavier = people.assign(Weight=(people.Weight + extra_kg).clip(upper=SPEC.features["Weight"].max))
         means.append(levels(model, heavier).mean())
-    assert all(b >= a for a, b in zip(means, means[1:])), means
+    assert all(b >= a for a, b in zip(means, means[1:], strict=False)), means
     assert means[-1] > means[0] + 1  # and it really moves: 30 kg is more than one level on average
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import PROJECT_DIR, REAL_TRAIN, isolated_env, needs_real_data, run_pipeline
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT_DIR, REAL_TRAIN, isolated_env, needs_real_data, run_pipeline
 from nbs_lib.config import get_settings, load_spec
 from nbs_lib.registry import champion_version, register_with_gate
 
@@ -98,10 +98,10 @@ def test_trials_are_nested_mlflow_runs_with_cv_metrics(trained_project):
 
 
 def test_worse_challenger_does_not_move_the_champion(project_env):
+    import pandas as pd
     from sklearn.dummy import DummyClassifier
 
     from nbs_lib.processing import features_target
-    import pandas as pd
 
     settings = get_settings()
     spec = load_spec("obesity", PROJECT_DIR)
@@ -140,7 +140,6 @@ def _broken_spec(tmp_path: Path) -> Path:
     ("notebook fails", {"SPEC": "broken"}, 1, "Notebook 01_eda.ipynb failed in cell"),
 ])
 def test_bad_input_fails_clearly_and_changes_nothing(trained_project, tmp_path, case, extra_env, code, message):
-    import pandas as pd
 
     env = dict(trained_project)
     if extra_env.get("DATA") == "no_target":
