@@ -1,0 +1,107 @@
+"""The FastAPI app: `create_app()` builds it; the lifespan loads `models:/<name>@<alias>` once.
+
+Run it with `make serve`, or `uvicorn src.serving.app:app --host 0.0.0.0 --port 8000 [--workers N]`; settings come
+from the environment (src/serving/settings.py). The module-level `app` is built on first access, so importing this
+module does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import nbs_lib
+from nbs_lib.serving import explain_error
+from src.monitoring.api import monitoring_router
+
+from .metrics import MetricsMiddleware
+from .routes import prediction_router, system_router
+from .settings import ServingSettings, read_settings, resolve
+from .state import ServingState
+
+log = logging.getLogger(__name__)
+
+PREDICTION_PATHS = frozenset({"/predict", "/predict/batch"})
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the champion (waiting at most STARTUP_WAIT_SECONDS: the API starts even with MLflow down), then serve."""
+    if not logging.getLogger().handlers:   # under plain uvicorn: show the app's own INFO lines (model loads)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    state: ServingState = app.state.serving
+    first = state.start()
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(first)), timeout=state.settings.startup_wait_seconds)
+    except TimeoutError:
+        log.warning("the first model load is still running after %.0f s; serving 503 until it finishes",
+                    state.settings.startup_wait_seconds)
+    gc.collect()
+    gc.freeze()   # startup objects (libraries, the model) leave the GC's view: full collections stay short
+    if state.models.current is None:
+        log.warning("%s; the API answers 503 until a champion is loaded (POST /model/reload or MODEL_POLL_SECONDS)",
+                    state.models.message)
+    try:
+        yield
+    finally:
+        state.stop()
+
+
+def json_safe(err: dict) -> dict:
+    """A validation error that always serialises: undecodable bytes as text, context values as strings."""
+    out = dict(err)
+    if isinstance(out.get("input"), bytes | bytearray):
+        out["input"] = bytes(out["input"][:200]).decode("utf-8", "replace")
+    if isinstance(out.get("ctx"), dict):
+        out["ctx"] = {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in out["ctx"].items()}
+    return out
+
+
+def validation_handler(state: ServingState):
+    """422 whose messages name the field and what it accepts; 413 for a batch over the limit."""
+    async def handle(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if request.url.path not in PREDICTION_PATHS:
+            return JSONResponse(status_code=422, content={"detail": jsonable_encoder([json_safe(e) for e in errors])})
+        for err in errors:
+            if err.get("type") == "too_long" and tuple(err.get("loc", ())) == ("body", "records"):
+                n = (err.get("ctx") or {}).get("actual_length")
+                return JSONResponse(status_code=413, content={"detail": (
+                    f"a batch takes at most {state.settings.batch_limit} records, this one has {n}; "
+                    "split it into smaller batches (the server's limit is BATCH_LIMIT)")})
+        detail = [json_safe(explain_error(e, state.spec)) for e in errors]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
+    return handle
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    """The API for the spec and registered model the settings name (environment by default). No I/O here."""
+    settings, project, spec = resolve(settings or read_settings())
+    state = ServingState(settings=settings, project=project, spec=spec)
+    app = FastAPI(title=f"{spec.name} model API", version=nbs_lib.__version__, lifespan=lifespan,
+                  description=f"Serves `models:/{settings.model_name}@{settings.model_alias}` from "
+                              f"{settings.mlflow_tracking_uri}. {spec.description}")
+    app.state.serving = state
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_exception_handler(RequestValidationError, validation_handler(state))
+    app.include_router(system_router())
+    app.include_router(prediction_router(state))
+    app.include_router(monitoring_router())
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`src.serving.app:app` for uvicorn, built from the environment on first access."""
+    if name == "app":
+        globals()["app"] = built = create_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

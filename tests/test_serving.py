@@ -1,0 +1,343 @@
+"""The serving API on the trained project's champion: every endpoint's exact status and body, the error cases,
+metrics, the prediction log, and the request model of both specs (classification and regression)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+
+import mlflow
+import pytest
+from conftest import PROJECT_DIR
+from fastapi.testclient import TestClient
+
+from nbs_lib.config import load_spec
+from nbs_lib.data import generate_synthetic
+from nbs_lib.predictions import read_prediction_log
+from nbs_lib.serving import example_record
+
+SPEC = load_spec("obesity", PROJECT_DIR)
+KEY = "test-serving-key"
+FIELDS = ", ".join(SPEC.feature_names)
+QUIET_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+@pytest.fixture(scope="module")
+def served(trained_project, tmp_path_factory):
+    """(client, env) of one app on the champion for the whole module; the env stays applied while it runs."""
+    from src.serving.app import create_app
+
+    log = tmp_path_factory.mktemp("serving") / "predictions.db"
+    env = {**trained_project, **QUIET_MLFLOW, "API_KEY": KEY, "PREDICTION_LOG": str(log)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with TestClient(create_app()) as client:
+            yield client, env
+
+
+@pytest.fixture
+def client(served) -> TestClient:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def champion(trained_project):
+    """The registered version and its sklearn Pipeline, loaded the way MLflow users load it."""
+    client = mlflow.MlflowClient(trained_project["MLFLOW_TRACKING_URI"], trained_project["MLFLOW_TRACKING_URI"])
+    mv = client.get_model_version_by_alias("obesity", "champion")
+    mlflow.set_tracking_uri(trained_project["MLFLOW_TRACKING_URI"])
+    pipe = mlflow.sklearn.load_model(f"models:/obesity/{mv.version}")
+    mlflow.set_tracking_uri(None)
+    return client, mv, pipe
+
+
+def record(**changes) -> dict:
+    return {**example_record(SPEC), **changes}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+            return float(m.group(2))
+    return 0.0
+
+
+# ----------------------------------------------------------------------------------------------- endpoints ---
+
+def test_health_answers_ok(client):
+    r = client.get("/health")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+def test_ready_names_the_served_model_and_version(client, champion):
+    r = client.get("/ready")
+    assert (r.status_code, r.json()) == (200, {"status": "ready", "model_name": "obesity", "model_version": str(champion[1].version)})
+
+
+def test_model_describes_the_served_version_its_metrics_and_lineage(client, champion):
+    mlflow_client, mv, _ = champion
+    body = client.get("/model").json()
+    assert {k: body[k] for k in ("name", "version", "alias", "run_id", "predictor")} == {
+        "name": "obesity", "version": str(mv.version), "alias": "champion", "run_id": mv.run_id, "predictor": "compiled"}
+    assert body["metrics"] == mlflow_client.get_run(mv.run_id).data.metrics
+    assert body["tags"] == {k: v for k, v in mv.tags.items() if k.startswith(("lineage.", "gate."))}
+    assert {"lineage.git_commit", "lineage.data_sha256", "lineage.spec_sha256", "gate.decision"} <= set(body["tags"])
+
+
+def test_predict_returns_the_pipelines_label_and_probabilities_with_the_version(client, champion):
+    _, mv, pipe = champion
+    import pandas as pd
+
+    rec = record(Weight=95.0, Height=1.62)
+    r = client.post("/predict", json=rec)
+    assert r.status_code == 200
+    body = r.json()
+    frame = pd.DataFrame([rec])
+    proba = dict(zip(pipe.classes_, pipe.predict_proba(frame)[0], strict=True))
+    assert body["prediction"] == pipe.predict(frame)[0]
+    assert list(body["probabilities"]) == SPEC.target_levels            # in the spec's level order
+    assert body["probabilities"] == pytest.approx({c: proba[c] for c in SPEC.target_levels}, abs=1e-12)
+    assert (body["model_name"], body["model_version"]) == ("obesity", str(mv.version))
+
+
+def test_predict_accepts_json_integers_for_numbers(client):
+    assert client.post("/predict", json=record(Age=30, Weight=80)).status_code == 200
+
+
+@pytest.mark.parametrize("changes, error", [
+    ({"Age": 150}, {"type": "less_than_equal", "loc": ["body", "Age"], "msg": "Age must be a number from 10 to 100; got 150",
+                    "input": 150, "ctx": {"le": 100.0}}),
+    ({"Height": 0.5}, {"type": "greater_than_equal", "loc": ["body", "Height"],
+                       "msg": "Height must be a number from 1.2 to 2.2; got 0.5", "input": 0.5, "ctx": {"ge": 1.2}}),
+    ({"Age": "30"}, {"type": "float_type", "loc": ["body", "Age"], "msg": "Age must be a number from 10 to 100; got '30'",
+                     "input": "30"}),
+    ({"MTRANS": "Rocket"}, {"type": "literal_error", "loc": ["body", "MTRANS"],
+                            "msg": "MTRANS must be one of 'Automobile', 'Motorbike', 'Bike', 'Public_Transportation', "
+                                   "'Walking'; got 'Rocket'", "input": "Rocket",
+                            "ctx": {"expected": "'Automobile', 'Motorbike', 'Bike', 'Public_Transportation' or 'Walking'"}}),
+    ({"colour": "red"}, {"type": "extra_forbidden", "loc": ["body", "colour"],
+                         "msg": f"unknown field 'colour'; the fields are: {FIELDS}", "input": "red"}),
+])
+def test_predict_rejects_a_bad_field_naming_it_and_what_it_accepts(client, changes, error):
+    r = client.post("/predict", json=record(**changes))
+    assert (r.status_code, r.json()) == (422, {"detail": [error]})
+
+
+def test_predict_rejects_a_missing_field_saying_what_it_needs(client):
+    rec = record()
+    del rec["FAF"]
+    r = client.post("/predict", json=rec)
+    assert r.status_code == 422
+    assert r.json()["detail"] == [{"type": "missing", "loc": ["body", "FAF"], "msg": "FAF is required: a number from 0 to 3",
+                                   "input": rec}]
+
+
+def test_predict_rejects_a_body_that_is_not_json(client):
+    r = client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert [(e["type"], e["msg"]) for e in r.json()["detail"]] == [("json_invalid", "JSON decode error")]
+
+
+def test_body_that_is_not_utf8_is_a_client_error_not_a_crash(client):
+    r = client.post("/predict", content=b"\x80", headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (400, {"detail": "There was an error parsing the body"})
+    r = client.post("/predict/batch", content=b"\x80", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert [(e["type"], e["loc"], e["input"]) for e in r.json()["detail"]] == [("json_invalid", ["body"], "\ufffd")]
+
+
+def test_batch_keeps_the_records_order_and_equals_single_predictions(client):
+    records = generate_synthetic(SPEC, 25, seed=5)[SPEC.feature_names].to_dict("records")
+    r = client.post("/predict/batch", json={"records": records})
+    assert r.status_code == 200
+    body = r.json()
+    singles = [client.post("/predict", json=rec).json() for rec in records]
+    assert body["predictions"] == [{"prediction": s["prediction"], "probabilities": s["probabilities"]} for s in singles]
+    assert (body["model_name"], body["model_version"]) == (singles[0]["model_name"], singles[0]["model_version"])
+
+
+def test_empty_batch_returns_no_predictions(client):
+    r = client.post("/predict/batch", json={"records": []})
+    assert r.status_code == 200
+    assert r.json()["predictions"] == []
+
+
+def test_batch_error_names_the_record_and_the_field(client):
+    records = [record(), record(), record(SMOKE="sometimes")]
+    r = client.post("/predict/batch", json={"records": records})
+    assert (r.status_code, r.json()) == (422, {"detail": [{
+        "type": "literal_error", "loc": ["body", "records", 2, "SMOKE"], "msg": "SMOKE must be one of 'no', 'yes'; got 'sometimes'",
+        "input": "sometimes", "ctx": {"expected": "'no' or 'yes'"}}]})
+
+
+@pytest.mark.parametrize("body, error_type", [({"rows": []}, "extra_forbidden"), ({}, "missing"), ([], "dict_type")])
+def test_batch_rejects_a_body_without_records(client, body, error_type):
+    r = client.post("/predict/batch", json=body)
+    assert r.status_code == 422
+    assert error_type in [e["type"] for e in r.json()["detail"]]
+
+
+def test_batch_over_the_limit_is_413_saying_how_to_fix_it(client):
+    r = client.post("/predict/batch", json={"records": [record()] * 10_001})
+    assert (r.status_code, r.json()) == (413, {"detail": "a batch takes at most 10000 records, this one has 10001; split "
+                                                         "it into smaller batches (the server's limit is BATCH_LIMIT)"})
+
+
+def test_batch_body_larger_than_a_full_batch_needs_is_413_before_it_is_parsed(client):
+    body = b'{"records": []}' + b" " * (2048 * 10_000 + 4096)
+    r = client.post("/predict/batch", content=body, headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (413, {"detail": f"the body has {len(body):,} bytes, more than the 20,484,096 a "
+                                                         "full batch needs; send fewer or shorter records"})
+
+
+# ------------------------------------------------------------------------------------------------- reload ----
+
+@pytest.mark.parametrize("headers, status, detail", [
+    ({}, 401, "missing X-API-Key header"),
+    ({"X-API-Key": "wrong"}, 401, "invalid X-API-Key"),
+])
+def test_reload_needs_the_right_api_key(client, headers, status, detail):
+    r = client.post("/model/reload", headers=headers)
+    assert (r.status_code, r.json()) == (status, {"detail": detail})
+
+
+def test_reload_with_the_key_keeps_the_current_champion_when_unchanged(client, champion):
+    v = str(champion[1].version)
+    r = client.post("/model/reload", headers={"X-API-Key": KEY})
+    assert (r.status_code, r.json()) == (200, {"status": "unchanged", "model_name": "obesity", "model_version": v,
+                                              "previous_version": v})
+
+
+@pytest.mark.parametrize("key", [None, "change-me-api"])
+def test_reload_is_disabled_when_no_real_key_is_configured(trained_project, monkeypatch, key):
+    from src.serving.app import create_app
+
+    for k, v in trained_project.items():
+        monkeypatch.setenv(k, v)
+    if key is None:
+        monkeypatch.delenv("API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("API_KEY", key)
+    client = TestClient(create_app())      # no lifespan: the key check comes before any model work
+    r = client.post("/model/reload", headers={"X-API-Key": "change-me-api"})
+    assert (r.status_code, r.json()) == (403, {"detail": "POST /model/reload is disabled: no API_KEY is configured on "
+                                                         "the server; set API_KEY to enable it"})
+
+
+# ------------------------------------------------------------------------------------ metrics and the log -----
+
+def test_metrics_count_requests_predictions_per_class_and_the_model_version(client, champion):
+    v = str(champion[1].version)
+    before = client.get("/metrics").text
+    records = generate_synthetic(SPEC, 12, seed=9)[SPEC.feature_names].to_dict("records")
+    labels = [client.post("/predict", json=rec).json()["prediction"] for rec in records[:4]]
+    labels += [p["prediction"] for p in client.post("/predict/batch", json={"records": records[4:]}).json()["predictions"]]
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    after = r.text
+    for label in set(labels):
+        delta = metric(after, "predictions_total", model_version=v, prediction=label) - \
+            metric(before, "predictions_total", model_version=v, prediction=label)
+        assert delta == labels.count(label)
+    assert metric(after, "http_requests_total", method="POST", path="/predict", status="200") - \
+        metric(before, "http_requests_total", method="POST", path="/predict", status="200") == 4
+    assert metric(after, "http_request_duration_seconds_count", method="POST", path="/predict/batch") >= 1
+    assert metric(after, "model_version", model_name="obesity", alias="champion") == float(v)
+    client.get("/no/such/path")
+    assert metric(client.get("/metrics").text, "http_requests_total", method="GET", path="unmatched", status="404") >= 1
+
+
+def test_prediction_log_gets_each_scored_record_with_its_prediction_and_version(served, champion):
+    client, env = served
+    records = generate_synthetic(SPEC, 7, seed=11)[SPEC.feature_names].to_dict("records")
+    single = client.post("/predict", json=records[0]).json()
+    batch = client.post("/predict/batch", json={"records": records[1:]}).json()
+    assert client.app.state.serving.prediction_log.flush()
+    logged = read_prediction_log(env["PREDICTION_LOG"]).tail(7)
+    assert logged[SPEC.feature_names].to_dict("records") == records
+    assert logged["prediction"].tolist() == [single["prediction"]] + [p["prediction"] for p in batch["predictions"]]
+    assert set(logged["model_version"]) == {str(champion[1].version)}
+    assert str(logged["timestamp"].dt.tz) == "UTC"
+
+
+# -------------------------------------------------------------------------------------- settings and specs ----
+
+def test_settings_defaults_follow_the_spec_and_the_project(monkeypatch, tmp_path):
+    from src.serving.settings import ServingSettings, resolve
+
+    for k in ("API_KEY", "BATCH_LIMIT", "MODEL_NAME", "MODEL_POLL_SECONDS", "SPEC", "PREDICTION_LOG"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    s, project, spec = resolve(ServingSettings())
+    assert (s.model_name, s.model_alias, s.batch_limit, s.model_poll_seconds, s.api_key, s.reload_key) == \
+        ("obesity", "champion", 10_000, 0.0, None, None)
+    assert s.prediction_log == project.prediction_log == tmp_path / "predictions" / "predictions.db"
+    monkeypatch.setenv("SPEC", "insurance")
+    assert resolve(ServingSettings())[0].model_name == "insurance"
+
+
+def test_bad_setting_is_a_clear_error():
+    from nbs_lib.config import UserInputError
+    from src.serving.settings import read_settings
+
+    with pytest.raises(UserInputError, match="BATCH_LIMIT=0"):
+        read_settings(batch_limit=0)
+
+
+def test_importing_the_app_module_builds_nothing_until_uvicorn_asks_for_app(trained_project, monkeypatch):
+    for k, v in trained_project.items():
+        monkeypatch.setenv(k, v)
+    sys.modules.pop("src.serving.app", None)
+    module = importlib.import_module("src.serving.app")
+    assert "app" not in vars(module)
+    assert module.app.title == "obesity model API"          # what `uvicorn src.serving.app:app` gets
+
+
+def test_insurance_spec_generates_a_regression_api_without_code_changes(monkeypatch, tmp_path):
+    from src.serving.app import create_app
+
+    for k, v in {**QUIET_MLFLOW, "SPEC": "specs/insurance.yaml", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+                 "PREDICTION_LOG": str(tmp_path / "p.db"), "STARTUP_WAIT_SECONDS": "0"}.items():
+        monkeypatch.setenv(k, v)
+    client = TestClient(create_app())                       # no lifespan: the schema needs no model
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    rec = schemas["InsuranceRecord"]
+    assert list(rec["properties"]) == ["age", "sex", "bmi", "children", "smoker", "region"]
+    assert rec["additionalProperties"] is False and rec["required"] == list(rec["properties"])
+    assert (rec["properties"]["bmi"]["minimum"], rec["properties"]["bmi"]["maximum"]) == (12, 60)
+    assert rec["properties"]["region"]["enum"] == ["northeast", "northwest", "southeast", "southwest"]
+    assert schemas["PredictResponse"]["properties"]["prediction"]["type"] == "number"
+    assert "probabilities" not in schemas["PredictResponse"]["properties"]
+    r = client.post("/predict", json=example_record(load_spec("insurance", PROJECT_DIR)))
+    assert (r.status_code, r.json()) == (503, {"detail": "no model with alias 'champion' in 'insurance'; run make pipeline"})
+
+
+def test_regression_answers_carry_numbers_and_no_probabilities():
+    from nbs_lib.serving import Prediction, ServedModel
+    from src.serving.routes import Answer
+
+    model = ServedModel("insurance", "3", "champion", "run", predictor=None)
+    answer = Answer(load_spec("insurance", PROJECT_DIR), None)
+    assert json.loads(answer.one(Prediction([12345.5], None), model)) == {
+        "prediction": 12345.5, "model_name": "insurance", "model_version": "3"}
+    assert json.loads(answer.many(Prediction([1.25, 2.0], None), model)) == {
+        "predictions": [{"prediction": 1.25}, {"prediction": 2.0}], "model_name": "insurance", "model_version": "3"}
+
+
+def test_openapi_documents_every_endpoint_and_error(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert sorted(p for p in paths if not p.startswith("/monitoring")) == [
+        "/health", "/metrics", "/model", "/model/reload", "/predict", "/predict/batch", "/ready"]
+    assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "422", "503"}
+    assert set(paths["/predict/batch"]["post"]["responses"]) == {"200", "413", "422", "503"}
+    assert set(paths["/model/reload"]["post"]["responses"]) == {"200", "401", "403", "422", "503"}
+    batch = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["properties"]["records"]["maxItems"] == 10_000
+    assert json.dumps(batch["properties"]["records"]["items"]) == '{"$ref": "#/components/schemas/ObesityRecord"}'
