@@ -60,6 +60,12 @@ simulate: $(STAMP) ## replay rows against the local API [DATA=csv RATE=20 ROWS=5
 bench-monitor: $(STAMP) ## drift check of 1M generated rows (sampled) vs plain Evidently on 100k: time, peak memory, verdicts
 	$(PY) -m src.bench.monitor
 
+serve: $(STAMP) ## the prediction API on :8000 over the local store's champion [SPEC= API_KEY= WORKERS=1 MODEL_POLL_SECONDS=]
+	SPEC="$(SPEC)" $(VENV)/bin/uvicorn src.serving.app:app --host 0.0.0.0 --port 8000 --workers $(or $(WORKERS),1)
+
+bench-serve: $(STAMP) ## this API vs mlflow models serve vs in-process: latency, req/s, batch rows/s, errors (trains a champion if none)
+	SPEC="$(SPEC)" $(PY) -m src.bench.serve
+
 mlflow-ui: $(STAMP) ## MLflow UI on :5000 over the local store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///models/mlflow.db --host 0.0.0.0 --port 5000
 
@@ -68,6 +74,7 @@ jupyter: $(STAMP) ## JupyterLab on :8888
 
 up: ## build and start the docker-compose stack (needs .env: cp .env.example .env, set the secrets) [TUNERS=n]
 	@test -f .env || { echo "error: no .env. Copy .env.example to .env and set POSTGRES_PASSWORD, JUPYTER_TOKEN and API_KEY."; exit 2; }
+	@! grep -qE '^(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY)="?change-me' .env || echo "warning: .env still has change-me secrets (fine on your laptop, not on a shared host; the api keeps /model/reload disabled)"
 	$(COMPOSE) up -d --build --scale tuner=$(TUNERS)
 	$(COMPOSE) ps
 
@@ -83,4 +90,4 @@ bench-tuners: ## time the shared Optuna study with 1 vs 3 tuner containers (real
 clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
 	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation reports/monitoring
 
-.PHONY: help install pipeline test validate export lint bench-pipeline bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor
+.PHONY: help install pipeline test validate export lint bench-pipeline bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve
