@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     study = open_study(settings, spec, study_name(settings, spec, data_fingerprint(settings.data, spec)))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     stop_at_target = optuna.study.MaxTrialsCallback(target, states=finished)
-    log.info("worker %s joins study %s (%d trials so far, target %d)", socket.gethostname(), study.study_name,
-             len(study.trials), target)
+    done = sum(t.state in finished for t in study.trials)
+    log.info("worker %s joins study %s (%d finished trials, target %d)", socket.gethostname(), study.study_name, done, target)
+    if done >= target:
+        return 0
     objective = make_objective(X, y, spec, profile, settings.seed, log_mlflow=not args.no_mlflow)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.no_mlflow:
