@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nbs_lib.config import get_settings, load_spec
+PROCESS_START = time.perf_counter()  # before the heavy imports (all below, inside functions): a plain script pays them too
 
 NOTEBOOK_ENV = ("MODELS_DIR", "DATA_DIR", "REPORTS_DIR", "MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "PREDICTION_LOG")
 
@@ -93,30 +93,50 @@ def run_papermill(settings, spec, stage: Path) -> dict[str, float]:
     return times
 
 
+def run_one(runner: str) -> dict[str, float]:
+    """One runner in this (fresh) process, timed from process start so imports count as they would for a user."""
+    import logging
+
+    from nbs_lib.config import get_settings, load_spec
+
+    logging.basicConfig(level=logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix=f"bench-{runner}-"))
+    os.environ.update(isolated(root))
+    settings = get_settings()
+    spec = load_spec(settings.spec, settings.project_dir)
+    (root / "stage").mkdir()
+    times = (run_papermill if runner == "papermill" else run_plain)(settings, spec, root / "stage")
+    times["total"] = time.perf_counter() - PROCESS_START
+    shutil.rmtree(root, ignore_errors=True)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="alternate the two runners this many times (median reported)")
+    parser.add_argument("--runner", choices=["papermill", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import logging
+    if args.runner:
+        print(json.dumps(run_one(args.runner)))
+        return 0
+    import subprocess
 
-    logging.basicConfig(level=logging.WARNING)
     results: dict[str, list[dict]] = {"papermill": [], "plain": []}
     for r in range(args.rounds):
-        for runner, fn in (("papermill", run_papermill), ("plain", run_plain)):
-            root = Path(tempfile.mkdtemp(prefix=f"bench-{runner}-"))
-            os.environ.update(isolated(root))
-            settings = get_settings()
-            spec = load_spec(settings.spec, settings.project_dir)
-            t = time.perf_counter()
-            times = fn(settings, spec, root / "stage")
-            times["total"] = time.perf_counter() - t
+        for runner in ("papermill", "plain"):
+            proc = subprocess.run([sys.executable, "-m", "src.bench.pipeline", "--runner", runner], capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return 1
+            times = json.loads(proc.stdout.strip().splitlines()[-1])
             results[runner].append(times)
             print(f"round {r + 1}: {runner:9s} {times['total']:.1f} s", flush=True)
-            shutil.rmtree(root, ignore_errors=True)
 
     def median(runner: str, key: str) -> float:
         vals = sorted(t[key] for t in results[runner])
         return vals[len(vals) // 2]
+
+    from nbs_lib.config import get_settings
 
     s = get_settings()
     print(f"\nbench-pipeline: profile={s.profile} data={s.data or 'generated'} spec={s.spec} rounds={args.rounds}")
@@ -125,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         pl = median("plain", k)
         pm = median("papermill", k) if k in results["papermill"][0] else None
         print(f"{k:24s} {pm if pm is not None else float('nan'):12.2f} {pl:10.2f} " + (f"{pm / pl:7.2f}x" if pm else "       "))
-    print("papermill runs the notebook DAG (EDA beside processing -> experiments, then registration), one kernel each;"
-          " plain runs the same cells in order in one process.")
+    print("Each runner is a fresh process (imports included in total). papermill runs the notebook DAG (EDA beside"
+          " processing -> experiments, then registration), one kernel each; plain runs the same cells in order in one process.")
     return 0
 
 
