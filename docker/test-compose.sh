@@ -50,12 +50,12 @@ no_champion() {
 }
 step "api without a champion: /ready 503 with the reason" no_champion
 
-tune() {
-  dc up -d --no-deps --scale tuner=2 tuner
-  [[ $(dc ps -q tuner | wc -l) -eq 2 ]] || fail "expected 2 tuner containers"
-  wait_tuners_exit 600
+scale_tuners() {  # N TIMEOUT_S: scale the tuner service to N workers and wait for them to finish the study
+  dc up -d --no-deps --scale tuner="$1" tuner
+  [[ $(dc ps -q tuner | wc -l) -eq $1 ]] || fail "expected $1 tuner container(s), found $(dc ps -q tuner | wc -l)"
+  wait_tuners_exit "$2"
 }
-step "tuners x2 on one study (target $TRIALS trials)" tune
+step "tuners x2 on one study (target $TRIALS trials)" scale_tuners 2 600
 
 check_study() {
   experiment_id obesity
@@ -128,12 +128,7 @@ drift_check() {
 }
 step "scheduler: drift check once (--run-now drift)" drift_check
 
-scale_back() {
-  dc up -d --no-deps --scale tuner=1 tuner
-  [[ $(dc ps -q tuner | wc -l) -eq 1 ]] || fail "scaling back to 1 tuner left $(dc ps -q tuner | wc -l)"
-  wait_tuners_exit 300
-}
-step "tuners scaled back to 1" scale_back
+step "tuners scaled back to 1" scale_tuners 1 300
 
 mlflow_down() {
   dc stop mlflow
