@@ -45,7 +45,13 @@ def run_plain(settings, spec, stage: Path) -> dict[str, float]:
     matplotlib.use("Agg")
     import mlflow
 
-    from src.pipeline import PIPELINE_NOTEBOOKS, finish_run, prepare_input, start_parent_run
+    from src.pipeline import (
+        PIPELINE_NOTEBOOKS,
+        finish_run,
+        notebook_parameters,
+        prepare_input,
+        start_parent_run,
+    )
 
     times = {}
     t0 = time.perf_counter()
@@ -54,8 +60,7 @@ def run_plain(settings, spec, stage: Path) -> dict[str, float]:
     times["preflight"] = time.perf_counter() - t0
     work = stage / "work"
     work.mkdir()
-    params = {"spec": str(settings.spec_path), "data": str(prepared.raw_path), "profile": settings.profile,
-              "work_dir": str(work), "mlflow_run_id": run_id}
+    params = notebook_parameters(settings, prepared, run_id, work)
     cwd = os.getcwd()
     os.chdir(settings.project_dir / "notebooks")
     try:
@@ -75,20 +80,21 @@ def run_plain(settings, spec, stage: Path) -> dict[str, float]:
 
 
 def run_papermill(settings, spec, stage: Path) -> dict[str, float]:
-    """The pipeline itself: preflight, then papermill over the notebook DAG."""
-    from src.pipeline import execute_notebooks, finish_run, prepare_input, start_parent_run
+    """The pipeline itself, step by step as `run_pipeline` does: kernels warming beside the preflight, then the DAG."""
+    from src.pipeline import NotebookRun, finish_run, notebook_parameters, prepare_input, start_parent_run
 
     times = {}
-    t0 = time.perf_counter()
-    prepared = prepare_input(settings, spec, stage)
-    run_id = start_parent_run(settings, spec, prepared)
-    times["preflight"] = time.perf_counter() - t0
     out, work = stage / "notebooks", stage / "work"
     out.mkdir()
     work.mkdir()
-    t = time.perf_counter()
-    execute_notebooks(settings, settings.spec_path, prepared, run_id, out, work)
-    times["notebooks"] = time.perf_counter() - t
+    t0 = time.perf_counter()
+    with NotebookRun(settings, out) as notebooks:
+        prepared = prepare_input(settings, spec, stage)
+        run_id = start_parent_run(settings, spec, prepared)
+        times["preflight"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        notebooks.run(notebook_parameters(settings, prepared, run_id, work))
+        times["notebooks"] = time.perf_counter() - t
     finish_run(settings, run_id, out, work, "FINISHED")
     return times
 
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         pm = median("papermill", k) if k in results["papermill"][0] else None
         print(f"{k:24s} {pm if pm is not None else float('nan'):12.2f} {pl:10.2f} " + (f"{pm / pl:7.2f}x" if pm else "       "))
     print("Each runner is a fresh process (imports included in total). papermill runs the notebook DAG (EDA beside"
-          " processing -> experiments, then registration), one kernel each; plain runs the same cells in order in one process.")
+          " processing -> experiments, then registration), one kernel each, warmed up beside the preflight; plain runs the same cells in order in one process.")
     return 0
 
 
