@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     optuna_storage: str = ""              # OPTUNA_STORAGE: any RDB URL; default sqlite:///<models_dir>/optuna.db
     optuna_study: str = ""                # OPTUNA_STUDY: default <spec>-<profile>-<data sha256[:12]>
     n_trials: int | None = None           # N_TRIALS: overrides the profile's trial count (0: only read the study)
+    n_jobs: int = 0                       # N_JOBS: threads per model fit in the search; 0: every core (set 1 when tuners share cores)
     prediction_log: Path | None = None    # PREDICTION_LOG: SQLite file the API appends scored records to
 
     @model_validator(mode="after")

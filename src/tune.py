@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker %s joins study %s (%d finished trials, target %d)", socket.gethostname(), study.study_name, done, target)
     if done >= target:
         return 0
-    objective = make_objective(X, y, spec, profile, settings.seed, log_mlflow=not args.no_mlflow)
+    objective = make_objective(X, y, spec, profile, settings.seed, log_mlflow=not args.no_mlflow,
+                               n_jobs=settings.n_jobs or None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.no_mlflow:
         study.optimize(objective, callbacks=[stop_at_target], timeout=profile.timeout_s, gc_after_trial=True)

@@ -204,7 +204,7 @@ def test_environment_names_are_settings_the_code_reads(services):
 
     fields = {f.upper() for f in Settings.model_fields}
     read_by = {"api": {f.upper() for f in ServingSettings.model_fields} | {"WEB_CONCURRENCY"},  # uvicorn's workers
-               "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND"}, "tuner": {"OMP_WAIT_POLICY"}, "jupyter": {"JUPYTER_TOKEN", "HOME"}}
+               "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND"}, "jupyter": {"JUPYTER_TOKEN", "HOME"}}
     for name in SERVICES - {"postgres", "mlflow"}:
         unknown = set(environment(services[name])) - fields - read_by.get(name, set())
         assert unknown == set(), f"{name}: nothing reads {unknown}"
