@@ -44,6 +44,9 @@ lint: $(STAMP) ## ruff over src/, tests/ and the generated library
 bench-pipeline: $(STAMP) ## papermill run vs the same notebook code run in one plain Python process [DATA= PROFILE=]
 	$(RUN_ENV) $(PY) -m src.bench.pipeline
 
+bench-model: $(STAMP) ## 5-fold CV on all of DATA: the champion vs LightGBM defaults (run the pipeline first) [DATA= PROFILE=]
+	$(RUN_ENV) $(PY) -m src.bench.model
+
 bench-validate: $(STAMP) ## time and peak memory to validate 1M generated rows
 	$(PY) -m src.bench.validate
 
@@ -90,4 +93,4 @@ bench-tuners: ## time the shared Optuna study with 1 vs 3 tuner containers (real
 clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
 	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation reports/monitoring
 
-.PHONY: help install pipeline test validate export lint bench-pipeline bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve
+.PHONY: help install pipeline test validate export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve

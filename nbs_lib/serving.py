@@ -37,8 +37,9 @@ __all__ = ['log', 'field_name', 'describe_feature', 'example_record', 'feature_t
            'batch_decoder', 'as_records', 'explain_error', 'CannotCompile', 'compile_expression', 'to_columns',
            'compile_column_transformer', 'ForestKernel', 'LightGBMKernel', 'LinearKernel', 'EstimatorKernel',
            'estimator_kernel', 'Prediction', 'PipelinePredictor', 'FastPredictor', 'probe_records', 'same_predictions',
-           'make_predictor', 'no_champion_message', 'NoChampion', 'ServedModel', 'mlflow_client', 'champion_of',
-           'check_columns', 'load_champion']
+           'make_predictor', 'no_champion_message', 'NoChampion', 'RegistryUnreachable', 'redact_uri',
+           'registry_unreachable_message', 'ServedModel', 'mlflow_client', 'champion_of', 'check_columns',
+           'load_champion']
 
 # %% ../notebooks/06_serving.ipynb #6c1b5276
 def field_name(column: str) -> str:
@@ -597,6 +598,23 @@ class NoChampion(UserInputError):
     "The registry has no version under the alias (or cannot be reached)."
 
 
+class RegistryUnreachable(NoChampion):
+    "The registry could not be asked at all (server down, broken store): nothing is served, but the fix differs."
+
+
+def redact_uri(uri: str) -> str:
+    "`uri` without the password a database URI may carry, fit for a response body or a log line."
+    import re
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+
+
+def registry_unreachable_message(name: str, alias: str, tracking_uri: str, error: Exception) -> str:
+    "The 503 detail while the registry does not answer."
+    where = f" at {redact_uri(tracking_uri)}" if tracking_uri else ""
+    return (f"the MLflow registry{where} did not answer ({type(error).__name__}), so the model with alias '{alias}' "
+            f"in '{name}' could not be looked up; start MLflow or fix MLFLOW_TRACKING_URI, then POST /model/reload")
+
+
 @dataclass
 class ServedModel:
     "A loaded champion: what the API predicts with and what `GET /model` describes."
@@ -622,13 +640,13 @@ def mlflow_client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def champion_of(client, name: str, alias: str):
-    "The ModelVersion under the alias; NoChampion when there is none or the registry does not answer."
+def champion_of(client, name: str, alias: str, tracking_uri: str = ""):
+    "The ModelVersion under the alias; NoChampion when there is none, RegistryUnreachable when nobody answers."
     from nbs_lib.registry import champion_version
     try:
         mv = champion_version(client, name, alias)
     except Exception as e:  # unreachable server, broken store: the API must still start and say what to do
-        raise NoChampion(no_champion_message(name, alias)) from e   # the cause stays attached for the logs
+        raise RegistryUnreachable(registry_unreachable_message(name, alias, tracking_uri, e)) from e  # cause kept for logs
     if mv is None:
         raise NoChampion(no_champion_message(name, alias))
     return mv
@@ -647,7 +665,7 @@ def load_champion(tracking_uri: str, name: str, alias: str, spec: Spec) -> Serve
     import mlflow
 
     client = mlflow_client(tracking_uri)
-    mv = champion_of(client, name, alias)
+    mv = champion_of(client, name, alias, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         source = client.get_model_version_download_uri(name, mv.version)
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)

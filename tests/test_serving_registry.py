@@ -67,10 +67,13 @@ def test_with_mlflow_unreachable_the_api_starts_fast_and_answers_503(isolated, m
     with serving(monkeypatch, {**isolated, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}) as client:  # nothing on :9
         assert time.perf_counter() - started < 15
         assert client.get("/health").status_code == 200
+        unreachable = {"detail": "the MLflow registry at http://127.0.0.1:9 did not answer (MlflowException), so the model "
+                                 "with alias 'champion' in 'obesity' could not be looked up; start MLflow or fix "
+                                 "MLFLOW_TRACKING_URI, then POST /model/reload"}
         r = client.get("/ready")
-        assert (r.status_code, r.json()) == (503, NO_CHAMPION)
+        assert (r.status_code, r.json()) == (503, unreachable)
         r = client.post("/predict", json=example_record(SPEC))
-        assert (r.status_code, r.json()) == (503, NO_CHAMPION)
+        assert (r.status_code, r.json()) == (503, unreachable)
 
 
 def test_reload_picks_up_a_champion_registered_after_startup(store, monkeypatch):

@@ -14,6 +14,7 @@ from nbs_lib.config import Settings, Spec
 from nbs_lib.predictions import PredictionLog
 from nbs_lib.serving import (
     NoChampion,
+    RegistryUnreachable,
     ServedModel,
     champion_of,
     load_champion,
@@ -38,6 +39,7 @@ class ModelHolder:
         self.settings, self.spec, self.metrics = settings, spec, metrics
         self.current: ServedModel | None = None
         self.last_error: str = ""
+        self._unreachable = ""                  # the registry's own 503 detail while it does not answer
         self._logged = ""                       # the last problem logged by try_refresh
         self._lock = threading.Lock()           # one load at a time (reload, poll and startup may race)
         self._stop = threading.Event()
@@ -45,8 +47,8 @@ class ModelHolder:
 
     @property
     def message(self) -> str:
-        """The 503 detail while nothing is served."""
-        return no_champion_message(self.settings.model_name, self.settings.model_alias)
+        """The 503 detail while nothing is served: the registry is down, or it has no champion yet."""
+        return self._unreachable or no_champion_message(self.settings.model_name, self.settings.model_alias)
 
     def refresh(self) -> tuple[str, ServedModel]:
         """Serve the alias's current version: ('loaded', model) after a swap, ('unchanged', model) if already served.
@@ -55,13 +57,16 @@ class ModelHolder:
         s = self.settings
         with self._lock:
             try:
-                mv = champion_of(mlflow_client(s.mlflow_tracking_uri), s.model_name, s.model_alias)
+                mv = champion_of(mlflow_client(s.mlflow_tracking_uri), s.model_name, s.model_alias, s.mlflow_tracking_uri)
+                self._unreachable = ""
                 if self.current is not None and self.current.version == str(mv.version):
                     return "unchanged", self.current
                 started = time.perf_counter()
                 model = load_champion(s.mlflow_tracking_uri, s.model_name, s.model_alias, self.spec)
             except Exception as e:
                 self.last_error = f"{type(e).__name__}: {e}"
+                if isinstance(e, RegistryUnreachable):
+                    self._unreachable = str(e)
                 self.metrics.model_loads.labels("no_champion" if isinstance(e, NoChampion) else "error").inc()
                 raise
             previous, self.current, self.last_error = self.current, model, ""

@@ -1,0 +1,107 @@
+"""`make bench-model`: what the search adds. 5-fold CV of the champion's pipeline against LightGBM's defaults.
+
+The search scores configurations by k-fold CV on the training split (the holdout stays unseen for the gate). This
+benchmark re-scores the registered champion (cloned, so refit on every fold) with one protocol for every model:
+stratified 5-fold CV over all labelled rows of DATA, the same folds for each. The baselines are LightGBM with its
+library defaults, once in a plain sklearn Pipeline (one-hot encoding, nothing derived) and once in the project's
+pipeline (with the spec's derived features). Prints each model's fold scores, mean and gain over the plain baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+
+def plain_lightgbm_pipeline(spec):
+    """LightGBM's defaults behind the least preprocessing that runs: one-hot categoricals, numeric columns as they are."""
+    import lightgbm as lgb
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    encode = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), spec.categorical_features)],
+                               remainder="passthrough")
+    model = (lgb.LGBMClassifier if spec.task == "classification" else lgb.LGBMRegressor)(random_state=42, verbosity=-1)
+    return Pipeline([("encode", encode), ("model", model)])
+
+
+def fold_scores(model, X, y, spec, folds: int, seed: int) -> list[float]:
+    """Primary-metric score of a fresh clone of `model` on each fold."""
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from nbs_lib.tuning import score
+
+    splitter = (StratifiedKFold if spec.task == "classification" else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    scores = []
+    for tr, va in splitter.split(X, y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = clone(model).fit(X.iloc[tr], y.iloc[tr])
+        scores.append(score(spec.primary_metric, y.iloc[va], fitted.predict(X.iloc[va])))
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    import mlflow
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from nbs_lib.config import UserInputError, configure_mlflow, get_settings, load_spec
+    from nbs_lib.data import load_raw_frame, write_synthetic_csv
+    from nbs_lib.processing import clean_frame, features_target
+    from nbs_lib.registry import champion_version
+    from nbs_lib.tuning import default_config, make_model_pipeline
+
+    try:
+        settings = get_settings()
+        spec = load_spec(settings.spec, settings.project_dir)
+        import tempfile
+        from pathlib import Path
+
+        data = settings.data or str(write_synthetic_csv(spec, Path(tempfile.mkdtemp(prefix="bench-model-"))))
+        X, y = features_target(clean_frame(load_raw_frame(data, spec), spec), spec)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    configure_mlflow(settings, spec)
+    champ = champion_version(MlflowClient(), spec.model_name, settings.model_alias)
+    if champ is None:
+        print(f"error: no model with alias '{settings.model_alias}' in '{spec.model_name}' at {settings.mlflow_tracking_uri}; "
+              "run `make pipeline` (with the same DATA, PROFILE and store) first.", file=sys.stderr)
+        return 2
+    run = MlflowClient().get_run(champ.run_id)
+    models = {
+        "LightGBM defaults, plain Pipeline": plain_lightgbm_pipeline(spec),
+        "LightGBM defaults, project pipeline": make_model_pipeline(default_config(spec), spec),
+        f"champion v{champ.version} ({champ.tags.get('lineage.profile', '?')} search)":
+            mlflow.sklearn.load_model(f"models:/{spec.model_name}@{settings.model_alias}"),
+    }
+    print(f"bench-model: {spec.name}, {len(X)} labelled rows of {settings.data or 'generated data'}, "
+          f"stratified {args.folds}-fold CV, {spec.primary_metric}")
+    metrics = run.data.metrics
+    if f"cv_{spec.primary_metric}" in metrics:
+        holdout = metrics.get(f"holdout_{spec.primary_metric}")
+        print(f"the champion's search: best CV {metrics[f'cv_{spec.primary_metric}']:.4f} on the training split"
+              + (f", holdout {holdout:.4f}" if holdout is not None else ""))
+    base = None
+    for name, model in models.items():
+        started = time.perf_counter()
+        scores = fold_scores(model, X, y, spec, args.folds, settings.seed)
+        mean = float(np.mean(scores))
+        base = mean if base is None else base
+        gain = "" if mean == base else f"  {'+' if mean >= base else ''}{mean - base:.4f} vs plain defaults"
+        print(f"{name:42s} mean {mean:.4f} (sd {np.std(scores):.4f}; folds {' '.join(f'{s:.4f}' for s in scores)})"
+              f"  {time.perf_counter() - started:5.0f} s{gain}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
