@@ -201,6 +201,11 @@ def execute_notebook(settings: Settings, name: str, params: dict, out_dir: Path,
         raise NotebookFailed(
             f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. Nothing was promoted; "
             f"the champion, data/raw and reports/ are unchanged. The executed copy is {out_dir / name}.") from e
+    except Exception as e:  # nbclient's DeadKernelError and the like: the kernel itself is gone
+        raise NotebookFailed(
+            f"Notebook {name} stopped: {type(e).__name__}: {str(e)[:300]}. Its kernel died or stopped answering "
+            "(out of memory? see `dmesg`); try PROFILE=smoke or a machine with more memory. Nothing was promoted; "
+            "the champion, data/raw and reports/ are unchanged.") from e
     log.info("%s done in %.1f s", name, time.perf_counter() - started)
 
 

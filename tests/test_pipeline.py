@@ -181,3 +181,17 @@ def test_pipeline_on_real_training_data_reaches_target_accuracy(tmp_path):
     champ = champion(env)
     assert float(champ.tags["gate.challenger_score"]) >= 0.86
     assert champ.tags["lineage.data_sha256"] == hashlib.sha256(REAL_TRAIN.read_bytes()).hexdigest()
+
+
+def test_a_kernel_that_dies_is_a_clear_notebook_failure(tmp_path):
+    import nbformat
+
+    from src.pipeline import NotebookFailed, execute_notebook
+
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(1)  # as the OOM killer would")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "notebooks" / "dies.ipynb")
+    settings = get_settings(project_dir=tmp_path)
+    with pytest.raises(NotebookFailed, match=r"Notebook dies.ipynb stopped: DeadKernelError: .* Its kernel died"):
+        execute_notebook(settings, "dies.ipynb", {}, tmp_path)
