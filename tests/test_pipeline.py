@@ -86,6 +86,27 @@ def test_executed_notebooks_land_in_reports_with_outputs(trained_project):
     assert len(params) == 1 and "data/raw" in "".join(params[0]["source"]).replace(os.sep, "/")
 
 
+def test_warm_kernels_leave_no_trace_in_the_executed_notebooks(trained_project):
+    """Each kernel imported its notebook's modules before the notebook ran; the executed copy must not show it."""
+    for name in NOTEBOOKS:
+        nb = json.loads((Path(trained_project["REPORTS_DIR"]) / "notebooks" / name).read_text())
+        counts = [c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code"]
+        assert counts == list(range(1, len(counts) + 1)), name  # the warm-up took no execution count
+        text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
+        assert "_warm_up" not in text, name
+
+
+def test_notebooks_warm_up_in_critical_path_order_with_their_own_imports():
+    from src.pipeline import NOTEBOOK_DEPENDENCIES, notebook_modules, warm_up_order
+
+    assert warm_up_order() == ["02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb", "01_eda.ipynb"]
+    assert warm_up_order({"a": (), "b": ("a",), "c": ()}) == ["a", "b", "c"]
+    assert set(warm_up_order()) == set(NOTEBOOK_DEPENDENCIES) == set(NOTEBOOKS)
+    eda = notebook_modules(PROJECT_DIR / "notebooks" / "01_eda.ipynb")
+    assert {"seaborn", "matplotlib.pyplot", "nbs_lib.data"} <= set(eda) and "__future__" not in eda
+    assert "mlflow" in notebook_modules(PROJECT_DIR / "notebooks" / "04_registration.ipynb")
+
+
 def test_trials_are_nested_mlflow_runs_with_cv_metrics(trained_project):
     champ = champion(trained_project)
     client = MlflowClient()
