@@ -200,9 +200,10 @@ def test_python_services_talk_to_the_mlflow_server_and_the_api_gets_no_database(
 
 def test_environment_names_are_settings_the_code_reads(services):
     from nbs_lib.config import Settings
+    from nbs_lib.drift import DriftSettings
     from src.serving.settings import ServingSettings
 
-    fields = {f.upper() for f in Settings.model_fields}
+    fields = {f.upper() for f in Settings.model_fields} | {f"DRIFT_{f.upper()}" for f in DriftSettings.model_fields}
     read_by = {"api": {f.upper() for f in ServingSettings.model_fields} | {"WEB_CONCURRENCY"},  # uvicorn's workers
                "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND"}, "jupyter": {"JUPYTER_TOKEN", "HOME"}}
     for name in SERVICES - {"postgres", "mlflow"}:
