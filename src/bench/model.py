@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 
 def plain_lightgbm_pipeline(spec):
@@ -66,9 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         spec = load_spec(settings.spec, settings.project_dir)
-        import tempfile
-        from pathlib import Path
-
         data = settings.data or str(write_synthetic_csv(spec, Path(tempfile.mkdtemp(prefix="bench-model-"))))
         X, y = features_target(clean_frame(load_raw_frame(data, spec), spec), spec)
     except UserInputError as e:
