@@ -4,7 +4,7 @@
 # One throw-away stack (postgres + mlflow), then for each worker count a fresh study brought to BENCH_TRIALS
 # finished trials by `docker-compose up --scale tuner=N tuner`, timed from `up` until every tuner has exited. Same
 # spec, profile, data and target for each count, measured in one run; prints a table and tears the stack down.
-# BENCH_WORKERS lists the counts (default "1 3"). Mind the cores: each trial's LightGBM uses every core.
+# BENCH_WORKERS lists the counts (default "1 3"). Each tuner fits on TUNER_N_JOBS threads (1): up to one tuner per core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -322,8 +322,12 @@ def finish_run(settings: Settings, run_id: str, out_dir: Path, work_dir: Path, s
     return summary
 
 
-def run_pipeline(settings: Settings) -> dict:
-    """The whole batch run; returns the run summary (gate decision, metrics, lineage)."""
+def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) -> dict:
+    """The whole batch run; returns the run summary (gate decision, metrics, lineage).
+
+    `timings`, when given, receives the seconds spent in the preflight and in the notebooks (`make bench-pipeline`)."""
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
     spec = load_spec(settings.spec, settings.project_dir)
     check_mlflow_reachable(settings)
     staging = Path(tempfile.mkdtemp(prefix="pipeline-"))
@@ -334,8 +338,10 @@ def run_pipeline(settings: Settings) -> dict:
         with NotebookRun(settings, out_dir) as notebooks:  # kernels warm up beside the preflight
             prepared = prepare_input(settings, spec, staging)
             run_id = start_parent_run(settings, spec, prepared)
+            timings["preflight"] = time.perf_counter() - started
             try:
                 notebooks.run(notebook_parameters(settings, prepared, run_id, work_dir))
+                timings["notebooks"] = time.perf_counter() - started - timings["preflight"]
             except BaseException:
                 finish_run(settings, run_id, out_dir, work_dir, "FAILED")
                 raise

@@ -33,20 +33,17 @@ def plain_lightgbm_pipeline(spec):
 
 def fold_scores(model, X, y, spec, folds: int, repeats: int, seed: int) -> list[float]:
     """Primary-metric score of a fresh clone of `model` on each fold, repeat after repeat."""
-    from sklearn.base import clone
-    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+    from sklearn.metrics import make_scorer
+    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold, cross_val_score
 
     from nbs_lib.tuning import score
 
     splitter = (RepeatedStratifiedKFold if spec.task == "classification" else RepeatedKFold)(
         n_splits=folds, n_repeats=repeats, random_state=seed)
-    scores = []
-    for tr, va in splitter.split(X, y):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitted = clone(model).fit(X.iloc[tr], y.iloc[tr])
-        scores.append(score(spec.primary_metric, y.iloc[va], fitted.predict(X.iloc[va])))
-    return scores
+    scorer = make_scorer(lambda a, b: score(spec.primary_metric, a, b), greater_is_better=True)  # raw values, any direction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(cross_val_score(model, X, y, cv=splitter, scoring=scorer))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "LightGBM defaults, plain Pipeline": plain_lightgbm_pipeline(spec),
         "LightGBM defaults, project pipeline": make_model_pipeline(default_config(spec), spec),
         f"champion v{champ.version} ({champ.tags.get('lineage.profile', '?')} search)":
-            mlflow.sklearn.load_model(f"models:/{spec.model_name}@{settings.model_alias}"),
+            mlflow.sklearn.load_model(f"models:/{spec.model_name}/{champ.version}"),  # the version described above
     }
     print(f"bench-model: {spec.name}, {len(X)} labelled rows of {settings.data or 'generated data'}, "
           f"{args.repeats} x stratified {args.folds}-fold CV, {spec.primary_metric}")

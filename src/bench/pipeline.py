@@ -80,22 +80,11 @@ def run_plain(settings, spec, stage: Path) -> dict[str, float]:
 
 
 def run_papermill(settings, spec, stage: Path) -> dict[str, float]:
-    """The pipeline itself, step by step as `run_pipeline` does: kernels warming beside the preflight, then the DAG."""
-    from src.pipeline import NotebookRun, finish_run, notebook_parameters, prepare_input, start_parent_run
+    """The pipeline itself (`run_pipeline`), with its own preflight and notebook timings."""
+    from src.pipeline import run_pipeline
 
-    times = {}
-    out, work = stage / "notebooks", stage / "work"
-    out.mkdir()
-    work.mkdir()
-    t0 = time.perf_counter()
-    with NotebookRun(settings, out) as notebooks:
-        prepared = prepare_input(settings, spec, stage)
-        run_id = start_parent_run(settings, spec, prepared)
-        times["preflight"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        notebooks.run(notebook_parameters(settings, prepared, run_id, work))
-        times["notebooks"] = time.perf_counter() - t
-    finish_run(settings, run_id, out, work, "FINISHED")
+    times: dict[str, float] = {}
+    run_pipeline(settings, times)
     return times
 
 
