@@ -1,7 +1,8 @@
 """The batch run: check the inputs, copy the raw data once, execute the notebooks with papermill.
 
-The notebooks run as a DAG (`NOTEBOOK_DEPENDENCIES`), each in a fresh kernel that is started and warmed up (its
-modules imported, MLflow's stores opened) while the preflight and earlier notebooks run; see `NotebookRun`.
+The notebooks run in order in one kernel that is started and warmed up (every module they import loaded, MLflow's
+stores opened) while the preflight runs, and reset between notebooks so each starts from an empty namespace; see
+`NotebookRun`.
 
 `make pipeline [DATA=... PROFILE=smoke|full SPEC=...]` runs `python -m src.pipeline`. Bad input stops the run before
 anything is written; a failing notebook leaves the registry's champion, `data/raw` and `reports/` as they were
@@ -11,6 +12,7 @@ anything is written; a failing notebook leaves the registry's champion, `data/ra
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import shutil
@@ -19,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +30,11 @@ from nbs_lib.data import ingest_raw, read_table, require_target, write_synthetic
 
 log = logging.getLogger("pipeline")
 
-PIPELINE_NOTEBOOKS = ("01_eda.ipynb", "02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb")
-NOTEBOOK_DEPENDENCIES = {  # the DAG: a notebook starts once the notebooks it reads from have passed
-    "01_eda.ipynb": (),
-    "02_processing.ipynb": (),
-    "03_experiments.ipynb": ("02_processing.ipynb",),
-    "04_registration.ipynb": ("01_eda.ipynb", "03_experiments.ipynb"),  # the gate: only after every other notebook passed
-}
-
+PIPELINE_NOTEBOOKS = (  # in the order they run: each reads what the ones before it wrote; registration (the gate) last
+    "01_eda.ipynb", "02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb")
 
 KERNEL_ARGUMENTS = [
-    "--HistoryManager.hist_file=:memory:",  # as papermill's own kernels: parallel kernels share no history file
+    "--HistoryManager.hist_file=:memory:",  # as papermill's own kernels: kernels of parallel runs share no history file
     "--IPKernelApp.log_level=ERROR",  # not the "running over TCP without encryption" note, once per kernel
 ]
 
@@ -95,8 +91,8 @@ def start_parent_run(settings: Settings, spec: Spec, prepared: PreparedInput) ->
     return run.info.run_id
 
 
-class DependencyFailed(Exception):
-    """A notebook did not start because one it depends on failed (that failure is the one reported)."""
+class RunCalledOff(Exception):
+    """The preflight refused the input, so no notebook runs (that refusal is the error reported)."""
 
 
 def notebook_modules(nb_path: Path) -> list[str]:
@@ -126,63 +122,166 @@ def silent_code(body: str) -> str:
 
 
 def import_warm_up(modules: list[str]) -> str:
-    """Code that imports `modules` (each on its own: one that fails to import is the notebook's to report)."""
-    return silent_code(f"import importlib\nfor m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
-                       "    except Exception:\n        pass")
+    """Code that imports `modules` (each on its own: one that fails to import is the notebook's to report), then
+    records the process state the notebooks start from, for `reset_code` to restore."""
+    return (silent_code(f"import importlib\nfor m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
+                        "    except Exception:\n        pass")
+            + kernel_call(_snapshot_kernel_state))
+
+
+def kernel_call(function) -> str:
+    """Code that defines `function` in the kernel (from its source here), calls it and leaves no name behind."""
+    name = function.__name__
+    return f"{inspect.getsource(function)}\n{name}()\nglobals().pop({name!r}, None)\n"
+
+
+def _snapshot_kernel_state() -> None:
+    """Runs in the kernel after the warm-up imports: the state `_restore_kernel_state` puts back before each notebook."""
+    import logging
+    import os
+    import sys
+    import types
+    import warnings
+
+    state = types.ModuleType("_pipeline_kernel_state")  # kept in sys.modules, where IPython's reset does not look
+    state.cwd, state.environ, state.path = os.getcwd(), dict(os.environ), list(sys.path)
+    state.warnings, root = list(warnings.filters), logging.getLogger()
+    state.logging = (root.level, list(root.handlers))
+    mpl = sys.modules.get("matplotlib")
+    state.rcparams = {k: v for k, v in mpl.rcParams.items() if k != "backend"} if mpl else None
+    sys.modules[state.__name__] = state
+
+
+def _restore_kernel_state() -> None:
+    """Runs in the kernel between notebooks: end MLflow runs left open, close figures, put back matplotlib's
+    rcParams, the working directory, environment, sys.path, warning filters and root logger as the warm-up left
+    them, then empty the namespace and restart the execution count (IPython's reset). Each step is best effort;
+    the reset always runs."""
+    import logging
+    import os
+    import sys
+    import warnings
+
+    state, mlflow = sys.modules.get("_pipeline_kernel_state"), sys.modules.get("mlflow")
+    plt, mpl = sys.modules.get("matplotlib.pyplot"), sys.modules.get("matplotlib")
+
+    def end_runs():
+        for _ in range(100):  # nested runs: one end_run each
+            if mlflow.active_run() is None:
+                break
+            mlflow.end_run()
+
+    def restore_process():
+        os.chdir(state.cwd)
+        os.environ.clear()
+        os.environ.update(state.environ)
+        sys.path[:] = state.path
+        warnings.filters[:] = state.warnings
+        warnings._filters_mutated()
+        root = logging.getLogger()
+        root.setLevel(state.logging[0])
+        root.handlers[:] = state.logging[1]
+
+    steps = [end_runs] if mlflow else []
+    steps += [lambda: plt.close("all")] if plt else []
+    steps += [lambda: dict.update(mpl.rcParams, state.rcparams)] if mpl and state and state.rcparams else []  # as rc_context
+    steps += [restore_process] if state else []
+    for step in steps:
+        try:
+            step()
+        except Exception:
+            pass
+    sys.modules["IPython"].get_ipython().reset(new_session=True)
+
+
+def reset_code() -> str:
+    """Code that gives the next notebook the kernel as the warm-up left it (`_restore_kernel_state`): an empty
+    namespace at execution count 1 and the process state restored. Imported modules stay: that is the point of
+    sharing the kernel."""
+    return kernel_call(_restore_kernel_state)
 
 
 def mlflow_warm_up(tracking_uri: str) -> str:
     """Code that opens the MLflow tracking and registry stores: MLflow caches them per process, and opening a
-    SQL store checks its schema (about a second), so a notebook that logs or registers starts with them open."""
+    SQL store checks its schema (about half a second), so the notebooks that log or register find them open."""
     return silent_code(f"import mlflow\nclient = mlflow.MlflowClient(tracking_uri={tracking_uri!r})\n"
                        "client.search_registered_models(max_results=1)")
 
 
+def mlflow_store_ready(tracking_uri: str) -> bool:
+    """Whether the kernel may open the store before the parent run exists: a server, or a SQLite file already there.
+    (A new store is created by the preflight; opening it from two processes at once would race on its tables.)"""
+    if tracking_uri.startswith(("http://", "https://")):
+        return True
+    return tracking_uri.startswith("sqlite:///") and Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+
+
+def _ready_once_client_class():
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    class ReadyOnceClient(AsyncKernelClient):
+        """Connects and checks the kernel once. papermill asks for a client and waits for it to be ready for every
+        notebook; the check ends by waiting 0.2 s for IOPub to fall quiet, which a connected client need not repeat."""
+        _ready = False
+
+        def start_channels(self, *args, **kwargs) -> None:
+            if not self.channels_running:
+                super().start_channels(*args, **kwargs)
+
+        async def wait_for_ready(self, timeout: float | None = None) -> None:
+            if not self._ready:
+                await super()._async_wait_for_ready(timeout)
+                self._ready = True
+
+    return ReadyOnceClient
+
+
 @dataclass
 class WarmKernel:
-    manager: object  # the jupyter_client kernel manager papermill executes the notebook in
-    client: object   # the client that warmed it up
+    manager: object  # the jupyter_client kernel manager papermill executes the notebooks in
+    client: object   # the one client every caller gets (see `_ready_once_client_class`)
 
     def queue(self, code: str) -> None:
-        """Send `code` to run silently before the notebook's first cell, without waiting (the kernel runs its
+        """Send `code` to run silently before the next notebook's first cell, without waiting (the kernel runs its
         requests in order). `stop_on_error=False`: even a failure here could not abort the cells queued behind it."""
         self.client.execute(code, silent=True, store_history=False, stop_on_error=False)
 
 
 @contextmanager
-def warm_kernel(nb_path: Path, modules: list[str]):
-    """A python3 kernel started now, in this thread, with `modules` (the notebook's imports) already loaded.
+def warm_kernel(nb_dir: Path, modules: list[str]):
+    """A python3 kernel started now, in this thread, with `modules` (the notebooks' imports) already loaded.
 
-    papermill would start the kernel when the notebook's turn comes and pay its imports then; started ahead (while
-    the preflight and earlier notebooks run) both costs leave the critical path. The warm-up runs silently and binds
-    no names, so the notebook still starts from an empty namespace at execution count 1. It assumes, as the notebooks
-    here do, that importing a module has no effect the notebook's own cells must precede (they import first).
+    papermill would start a kernel when a notebook's turn comes and pay its imports then; started ahead (while the
+    preflight runs) both costs leave the critical path. The warm-up runs silently and binds no names, so a notebook
+    still starts from an empty namespace at execution count 1. It assumes, as the notebooks here do, that importing
+    a module has no effect the notebook's own cells must precede (they import first).
     """
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
-    clients = []
+    class SharedClientKernelManager(AsyncKernelManager):
+        """Hands the warm-up and every papermill call the same connected client."""
+        shared = None
 
-    class RecordingKernelManager(AsyncKernelManager):  # so the clients papermill opens can be closed with the kernel
         def client(self, **kwargs):
-            kc = super().client(**kwargs)
-            clients.append(kc)
-            return kc
+            if self.shared is None:
+                self.shared = super().client(**kwargs)
+            return self.shared
 
-    km = RecordingKernelManager(kernel_name="python3")
+    km = SharedClientKernelManager(kernel_name="python3", client_factory=_ready_once_client_class())
     started = time.perf_counter()
-    run_sync(km.start_kernel)(cwd=str(nb_path.parent), extra_arguments=KERNEL_ARGUMENTS)
+    run_sync(km.start_kernel)(cwd=str(nb_dir), extra_arguments=KERNEL_ARGUMENTS)
     try:
         warm = km.client()
         warm.start_channels()
         run_sync(warm.wait_for_ready)(timeout=60)
         run_sync(warm.execute_interactive)(import_warm_up(modules), silent=True, store_history=False, timeout=300,
                                            output_hook=lambda msg: None)
-        log.debug("kernel for %s warm in %.1f s", nb_path.name, time.perf_counter() - started)
+        log.debug("kernel warm in %.1f s", time.perf_counter() - started)
         yield WarmKernel(km, warm)
     finally:
-        for kc in clients:
-            kc.stop_channels()
+        if km.shared is not None:
+            km.shared.stop_channels()
         run_sync(km.shutdown_kernel)(now=True)
 
 
@@ -215,91 +314,56 @@ def notebook_parameters(settings: Settings, prepared: PreparedInput, run_id: str
             "work_dir": str(work_dir), "mlflow_run_id": run_id}
 
 
-def warm_up_order(dependencies: dict[str, tuple[str, ...]] = NOTEBOOK_DEPENDENCIES) -> list[str]:
-    """Notebooks in the order their kernels should warm up: the longest dependency chain first, in its own order.
-
-    A notebook off that chain (EDA) runs beside it and is only awaited at the end, so its kernel can come last.
-    """
-    def chain(name: str) -> list[str]:
-        longest = max((chain(dep) for dep in dependencies[name]), key=len, default=[])
-        return [*longest, name]
-
-    critical = max((chain(n) for n in dependencies), key=len)
-    return critical + [n for n in dependencies if n not in critical]
-
-
 class NotebookRun:
-    """The notebooks as the DAG in `NOTEBOOK_DEPENDENCIES`: EDA beside processing -> experiments, then registration.
+    """The pipeline notebooks, in order, in one kernel that starts and warms up while the preflight runs.
 
-    Each notebook has its own thread and its own kernel. The kernels warm up (see `warm_kernel`) from the moment
-    this object exists, in `warm_up_order`, at most one per spare core at a time: the preflight runs on one core,
-    so they hide behind it and behind the notebooks before them rather than slowing it down. `run(params)` then
-    executes the notebooks; each starts when its dependencies have passed. Registration comes last, so a failure
-    anywhere stops the run before the gate, and the first notebook that failed is the one reported. Leaving the
-    `with` block without `run` (the preflight refused the input) releases the kernels without executing anything.
+    From the moment this object exists, a thread starts the kernel and imports every module the notebooks import
+    (on the core the single-threaded preflight leaves idle), and opens MLflow's stores as soon as they exist.
+    `run(params)` then executes the notebooks one after another with papermill. Before each notebook after the first,
+    the kernel is reset (`reset_code`): the notebook starts from an empty namespace at execution count 1, in the
+    process state the warm-up left; only imported modules carry over, as they would in one plain Python process.
+    The first notebook that fails stops the run, so registration (the last) never follows a failure. Leaving the
+    `with` block without `run` (the preflight refused the input) stops the kernel without executing anything.
     """
 
-    def __init__(self, settings: Settings, out_dir: Path):
-        import os
-        import threading
+    def __init__(self, settings: Settings, out_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS):
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        self.settings, self.out_dir = settings, out_dir
+        self.settings, self.out_dir, self.notebooks = settings, out_dir, notebooks
         self._params: Future = Future()
-        self._order = warm_up_order()
-        self._turns = {name: threading.Event() for name in self._order}
-        self._lock = threading.Lock()
-        self._next_turn = 0
-        for _ in range(max(1, (os.cpu_count() or 2) - 1)):
-            self._pass_turn()
-        self._pool = ThreadPoolExecutor(max_workers=len(PIPELINE_NOTEBOOKS), thread_name_prefix="notebook")
-        self.futures: dict[str, Future] = {}
-        for name in PIPELINE_NOTEBOOKS:  # dependencies come first, so `futures[dep]` exists when `_run` looks
-            self.futures[name] = self._pool.submit(self._run, name)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notebooks")
+        self._done = self._pool.submit(self._run)
 
-    def _pass_turn(self) -> None:
-        """Let the next kernel in `warm_up_order` start warming up."""
-        with self._lock:
-            if self._next_turn < len(self._order):
-                self._turns[self._order[self._next_turn]].set()
-                self._next_turn += 1
-
-    def _run(self, name: str) -> None:
-        nb_path = self.settings.project_dir / "notebooks" / name
-        modules = notebook_modules(nb_path)
-        with ExitStack() as stack:
-            self._turns[name].wait()
-            try:
-                if self._params.done() and self._params.exception() is not None:
-                    raise self._params.exception()  # called off before this kernel started: start none
-                kernel = stack.enter_context(warm_kernel(nb_path, modules))
-            finally:
-                self._pass_turn()
-            params = self._params.result()  # raises DependencyFailed when the run was called off
-            if "mlflow" in modules:  # the store exists now (the parent run is in it): open it while dependencies run
-                kernel.queue(mlflow_warm_up(self.settings.mlflow_tracking_uri))
-            for dep in NOTEBOOK_DEPENDENCIES[name]:
-                if self.futures[dep].exception() is not None:
-                    raise DependencyFailed(f"{name} did not run: {dep} failed")
-            execute_notebook(self.settings, name, params, self.out_dir, kernel.manager)
+    def _run(self) -> None:
+        nb_dir = self.settings.project_dir / "notebooks"
+        modules = list(dict.fromkeys(m for name in self.notebooks for m in notebook_modules(nb_dir / name)))
+        if self._params.done() and self._params.exception() is not None:
+            raise self._params.exception()  # called off before the kernel started: start none
+        with warm_kernel(nb_dir, modules) as kernel:
+            uri = self.settings.mlflow_tracking_uri
+            opened_early = "mlflow" in modules and mlflow_store_ready(uri)
+            if opened_early:
+                kernel.queue(mlflow_warm_up(uri))
+            params = self._params.result()  # raises RunCalledOff when the preflight refused the input
+            if "mlflow" in modules and not opened_early:  # the preflight has created the store: open it now
+                kernel.queue(mlflow_warm_up(uri))
+            for i, name in enumerate(self.notebooks):
+                if i:
+                    kernel.queue(reset_code())
+                execute_notebook(self.settings, name, params, self.out_dir, kernel.manager)
 
     def run(self, params: dict) -> None:
         """Execute every notebook with `params`; raise the first failure (`NotebookFailed`)."""
         self._params.set_result(params)
-        errors = [e for e in (f.exception() for f in self.futures.values()) if e is not None]
-        first = next((e for e in errors if not isinstance(e, DependencyFailed)), errors[0] if errors else None)
-        if first is not None:
-            raise first
+        self._done.result()
 
     def __enter__(self) -> NotebookRun:
         return self
 
     def __exit__(self, *exc) -> None:
         if not self._params.done():
-            self._params.set_exception(DependencyFailed("the run stopped before its notebooks"))
-            for turn in self._turns.values():
-                turn.set()  # kernels not started yet are not started at all
-        self._pool.shutdown(wait=exc[0] is None)  # an error is reported at once; started kernels stop behind it
+            self._params.set_exception(RunCalledOff("the run stopped before its notebooks"))
+        self._pool.shutdown(wait=exc[0] is None)  # an error is reported at once; a started kernel stops behind it
 
 
 def finish_run(settings: Settings, run_id: str, out_dir: Path, work_dir: Path, status: str) -> dict:
@@ -335,7 +399,7 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
     out_dir.mkdir()
     work_dir.mkdir()
     try:
-        with NotebookRun(settings, out_dir) as notebooks:  # kernels warm up beside the preflight
+        with NotebookRun(settings, out_dir) as notebooks:  # the kernel warms up beside the preflight
             prepared = prepare_input(settings, spec, staging)
             run_id = start_parent_run(settings, spec, prepared)
             timings["preflight"] = time.perf_counter() - started

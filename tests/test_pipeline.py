@@ -86,25 +86,74 @@ def test_executed_notebooks_land_in_reports_with_outputs(trained_project):
     assert len(params) == 1 and "data/raw" in "".join(params[0]["source"]).replace(os.sep, "/")
 
 
-def test_warm_kernels_leave_no_trace_in_the_executed_notebooks(trained_project):
-    """Each kernel imported its notebook's modules before the notebook ran; the executed copy must not show it."""
+def test_warm_kernel_leaves_no_trace_in_the_executed_notebooks(trained_project):
+    """The kernel imported the notebooks' modules before they ran and was reset between them; no copy may show it."""
     for name in NOTEBOOKS:
         nb = json.loads((Path(trained_project["REPORTS_DIR"]) / "notebooks" / name).read_text())
         counts = [c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code"]
-        assert counts == list(range(1, len(counts) + 1)), name  # the warm-up took no execution count
+        assert counts == list(range(1, len(counts) + 1)), name  # neither warm-up nor reset took an execution count
         text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
-        assert "_warm_up" not in text, name
+        assert "_warm_up" not in text and "_reset" not in text, name
 
 
-def test_notebooks_warm_up_in_critical_path_order_with_their_own_imports():
-    from src.pipeline import NOTEBOOK_DEPENDENCIES, notebook_modules, warm_up_order
+def test_kernel_warm_up_imports_what_every_notebook_imports():
+    from src.pipeline import notebook_modules
 
-    assert warm_up_order() == ["02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb", "01_eda.ipynb"]
-    assert warm_up_order({"a": (), "b": ("a",), "c": ()}) == ["a", "b", "c"]
-    assert set(warm_up_order()) == set(NOTEBOOK_DEPENDENCIES) == set(NOTEBOOKS)
     eda = notebook_modules(PROJECT_DIR / "notebooks" / "01_eda.ipynb")
     assert {"seaborn", "matplotlib.pyplot", "nbs_lib.data"} <= set(eda) and "__future__" not in eda
     assert "mlflow" in notebook_modules(PROJECT_DIR / "notebooks" / "04_registration.ipynb")
+
+
+def _notebooks(folder: Path, cells: dict[str, list[str]]) -> tuple[str, ...]:
+    import nbformat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, sources in cells.items():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / name)
+    return tuple(cells)
+
+
+def test_a_notebook_leaves_nothing_to_the_next_in_the_shared_kernel(tmp_path):
+    """The second notebook starts as in a fresh kernel: empty namespace, cwd, environment, sys.path, warning
+    filters, root logger and rcParams as before the first one, no open figure or MLflow run; only the modules it
+    imported stay loaded."""
+    from src.pipeline import NotebookRun
+
+    first = ["import os, sys, warnings, logging, colorsys\nimport matplotlib\nimport matplotlib.pyplot as plt\n"
+             "leak = 1\nos.environ['LEAK'] = '1'\nos.chdir('/')\nsys.path.append('/leak')\n"
+             "warnings.simplefilter('error')\nlogging.getLogger().setLevel(5)\nmatplotlib.rcParams['lines.linewidth'] = 9\n"
+             "plt.figure()",
+             f"import mlflow\nmlflow.set_tracking_uri('sqlite:///{tmp_path}/leak.db')\nmlflow.start_run()"]
+    second = ["import os, sys, warnings, logging\nimport matplotlib\nimport matplotlib.pyplot as plt\nimport mlflow",
+              "assert 'leak' not in globals() and 'colorsys' not in globals(), 'namespace'\n"
+              "assert 'LEAK' not in os.environ, 'environment'\n"
+              "assert '/leak' not in sys.path, 'sys.path'\n"
+              f"assert os.getcwd() == {str(tmp_path / 'notebooks')!r}, os.getcwd()\n"
+              "assert logging.getLogger().level != 5, 'root logger'\n"
+              "assert matplotlib.rcParams['lines.linewidth'] != 9, 'rcParams'\n"
+              "assert not any(f[0] == 'error' and f[2] is Warning for f in warnings.filters), 'warning filters'\n"
+              "assert plt.get_fignums() == [], 'open figures'\n"
+              "assert mlflow.active_run() is None, 'MLflow run'\n"
+              "assert 'colorsys' in sys.modules  # imports carry over: the point of one kernel"]
+    names = _notebooks(tmp_path / "notebooks", {"a.ipynb": first, "b.ipynb": second})
+    (tmp_path / "out").mkdir()
+    with NotebookRun(get_settings(project_dir=tmp_path), tmp_path / "out", names) as notebooks:
+        notebooks.run({})
+    counts = [c["execution_count"] for c in json.loads((tmp_path / "out" / "b.ipynb").read_text())["cells"]]
+    assert counts == [1, 2]
+
+
+def test_a_failing_notebook_stops_the_notebooks_after_it(tmp_path):
+    from src.pipeline import NotebookFailed, NotebookRun
+
+    names = _notebooks(tmp_path / "notebooks", {"a.ipynb": ["1 / 0"], "b.ipynb": ["open('ran', 'w')"]})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(NotebookFailed, match=r"Notebook a.ipynb failed in cell 1: ZeroDivisionError"):
+        with NotebookRun(get_settings(project_dir=tmp_path), tmp_path / "out", names) as notebooks:
+            notebooks.run({})
+    assert not (tmp_path / "out" / "b.ipynb").exists() and not (tmp_path / "notebooks" / "ran").exists()
 
 
 def test_trials_are_nested_mlflow_runs_with_cv_metrics(trained_project):

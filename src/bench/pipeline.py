@@ -1,6 +1,6 @@
 """`make bench-pipeline`: what papermill costs. The same notebooks run twice on the same data and settings, each
-into its own empty store: once by the pipeline (papermill, one kernel per notebook), once as one plain Python
-process that executes the same code cells with the same parameters. Prints wall times and their ratio."""
+into its own empty store: once by the pipeline (papermill, one warm kernel reset between notebooks), once as one
+plain Python process that executes the same code cells with the same parameters. Prints wall times and their ratio."""
 
 from __future__ import annotations
 
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         pl = median("plain", k)
         pm = median("papermill", k) if k in results["papermill"][0] else None
         print(f"{k:24s} {pm if pm is not None else float('nan'):12.2f} {pl:10.2f} " + (f"{pm / pl:7.2f}x" if pm else "       "))
-    print("Each runner is a fresh process (imports included in total). papermill runs the notebook DAG (EDA beside"
-          " processing -> experiments, then registration), one kernel each, warmed up beside the preflight; plain runs the same cells in order in one process.")
+    print("Each runner is a fresh process (imports included in total). papermill runs the notebooks in order in one"
+          " kernel, warmed up beside the preflight and reset between notebooks; plain runs the same cells in order in one process.")
     return 0
 
 
