@@ -16,8 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
 __all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'UserInputError', 'find_project_dir',
-           'Profile', 'Settings', 'read_settings', 'get_settings', 'FeatureSpec', 'Spec', 'resolve_spec_path',
-           'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'configure_mlflow']
+           'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings', 'FeatureSpec', 'Spec',
+           'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'configure_mlflow']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -47,6 +47,14 @@ PROFILES: dict[str, Profile] = {
 }
 
 # %% ../notebooks/00_config.ipynb #5f9d0f81
+def absolute_sqlite_url(url: str, base: Path) -> str:
+    "`sqlite:///relative/path` made absolute against `base`: the pipeline's kernel runs in notebooks/, and every process must open the same file."
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    if not path or path.startswith(("/", ":memory:")):
+        return url
+    return f"sqlite:///{(base / path).resolve()}"
+
+
 class Settings(BaseSettings):
     "Every knob of the project; each field is read from the environment variable of the same name (upper case)."
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, env_ignore_empty=True)
@@ -59,7 +67,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = None          # DATA_DIR, default <project>/data
     models_dir: Path | None = None        # MODELS_DIR, default <project>/models
     reports_dir: Path | None = None       # REPORTS_DIR, default <project>/reports
-    mlflow_tracking_uri: str = ""         # MLFLOW_TRACKING_URI, default sqlite:///<models_dir>/mlflow.db
+    mlflow_tracking_uri: str = ""         # MLFLOW_TRACKING_URI, default sqlite:///<models_dir>/mlflow.db (relative SQLite paths: from the project)
     mlflow_experiment: str = ""           # default: the spec's name
     model_alias: str = "champion"
     optuna_storage: str = ""              # OPTUNA_STORAGE: any RDB URL; default sqlite:///<models_dir>/optuna.db
@@ -75,10 +83,8 @@ class Settings(BaseSettings):
         self.models_dir = Path(self.models_dir or self.project_dir / "models").resolve()
         self.reports_dir = Path(self.reports_dir or self.project_dir / "reports").resolve()
         self.prediction_log = Path(self.prediction_log or self.data_dir / "predictions" / "predictions.db").resolve()
-        if not self.mlflow_tracking_uri:
-            self.mlflow_tracking_uri = f"sqlite:///{self.models_dir / 'mlflow.db'}"
-        if not self.optuna_storage:
-            self.optuna_storage = f"sqlite:///{self.models_dir / 'optuna.db'}"
+        self.mlflow_tracking_uri = absolute_sqlite_url(self.mlflow_tracking_uri or f"sqlite:///{self.models_dir / 'mlflow.db'}", self.project_dir)
+        self.optuna_storage = absolute_sqlite_url(self.optuna_storage or f"sqlite:///{self.models_dir / 'optuna.db'}", self.project_dir)
         return self
 
     @property

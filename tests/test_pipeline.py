@@ -13,7 +13,7 @@ import pytest
 from conftest import PROJECT_DIR, REAL_TRAIN, isolated_env, needs_real_data, run_pipeline
 from mlflow.tracking import MlflowClient
 
-from nbs_lib.config import get_settings, load_spec
+from nbs_lib.config import configure_mlflow, get_settings, load_spec
 from nbs_lib.registry import champion_version, register_with_gate
 
 NOTEBOOKS = ["01_eda.ipynb", "02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb"]
@@ -180,7 +180,8 @@ def test_worse_challenger_does_not_move_the_champion(project_env):
     holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/train.parquet")).head(400)
     X, y = features_target(holdout, spec)
     dummy = DummyClassifier(strategy="most_frequent").fit(X, y)
-    with mlflow.start_run(run_name="worse-challenger") as run:
+    exp_id = configure_mlflow(settings, spec)  # the spec's experiment keeps artifacts in the temporary store, not ./mlruns
+    with mlflow.start_run(experiment_id=exp_id, run_name="worse-challenger") as run:
         result = register_with_gate(dummy, holdout, spec, settings, {"lineage.profile": "test"}, run.info.run_id)
     assert result.promoted is False
     assert result.champion_version == str(before.version)
