@@ -123,10 +123,10 @@ def silent_code(body: str) -> str:
 
 def import_warm_up(modules: list[str]) -> str:
     """Code that imports `modules` (each on its own: one that fails to import is the notebook's to report), then
-    records the process state the notebooks start from, for `reset_code` to restore."""
+    records the process state the notebooks start from, for `RESET_CODE` to restore."""
     return (silent_code(f"import importlib\nfor m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
                         "    except Exception:\n        pass")
-            + kernel_call(_snapshot_kernel_state))
+            + SNAPSHOT_CODE)
 
 
 def kernel_call(function) -> str:
@@ -176,11 +176,11 @@ def _restore_kernel_state() -> None:
         os.environ.clear()
         os.environ.update(state.environ)
         sys.path[:] = state.path
-        warnings.filters[:] = state.warnings
-        warnings._filters_mutated()
         root = logging.getLogger()
         root.setLevel(state.logging[0])
         root.handlers[:] = state.logging[1]
+        warnings.filters[:] = state.warnings
+        getattr(warnings, "_filters_mutated", lambda: None)()  # CPython's cue to drop its cached filter decisions
 
     steps = [end_runs] if mlflow else []
     steps += [lambda: plt.close("all")] if plt else []
@@ -194,11 +194,9 @@ def _restore_kernel_state() -> None:
     sys.modules["IPython"].get_ipython().reset(new_session=True)
 
 
-def reset_code() -> str:
-    """Code that gives the next notebook the kernel as the warm-up left it (`_restore_kernel_state`): an empty
-    namespace at execution count 1 and the process state restored. Imported modules stay: that is the point of
-    sharing the kernel."""
-    return kernel_call(_restore_kernel_state)
+# The kernel-side code, from the functions' source as imported: a file edited while a run goes on cannot change it.
+SNAPSHOT_CODE = kernel_call(_snapshot_kernel_state)
+RESET_CODE = kernel_call(_restore_kernel_state)  # before each notebook after the first; imported modules stay loaded
 
 
 def mlflow_warm_up(tracking_uri: str) -> str:
@@ -320,7 +318,7 @@ class NotebookRun:
     From the moment this object exists, a thread starts the kernel and imports every module the notebooks import
     (on the core the single-threaded preflight leaves idle), and opens MLflow's stores as soon as they exist.
     `run(params)` then executes the notebooks one after another with papermill. Before each notebook after the first,
-    the kernel is reset (`reset_code`): the notebook starts from an empty namespace at execution count 1, in the
+    the kernel is reset (`RESET_CODE`): the notebook starts from an empty namespace at execution count 1, in the
     process state the warm-up left; only imported modules carry over, as they would in one plain Python process.
     The first notebook that fails stops the run, so registration (the last) never follows a failure. Leaving the
     `with` block without `run` (the preflight refused the input) stops the kernel without executing anything.
@@ -349,7 +347,7 @@ class NotebookRun:
                 kernel.queue(mlflow_warm_up(uri))
             for i, name in enumerate(self.notebooks):
                 if i:
-                    kernel.queue(reset_code())
+                    kernel.queue(RESET_CODE)
                 execute_notebook(self.settings, name, params, self.out_dir, kernel.manager)
 
     def run(self, params: dict) -> None:
