@@ -148,7 +148,7 @@ def _snapshot_kernel_state() -> None:
     state.warnings, root = list(warnings.filters), logging.getLogger()
     state.logging = (root.level, list(root.handlers))
     mpl = sys.modules.get("matplotlib")
-    state.rcparams = {k: v for k, v in mpl.rcParams.items() if k != "backend"} if mpl else None
+    state.rcparams = {k: v for k, v in dict(mpl.rcParams.copy()).items() if k != "backend"} if mpl else None  # as rc_context
     sys.modules[state.__name__] = state
 
 
