@@ -115,24 +115,34 @@ def notebook_modules(nb_path: Path) -> list[str]:
     return modules
 
 
-def silent_code(body: str) -> str:
-    """`body` wrapped so it binds no names in the notebook's namespace and never raises (a warm-up is best effort)."""
-    indented = "\n".join("        " + line for line in body.strip().splitlines())
-    return f"def _warm_up():\n    try:\n{indented}\n    except Exception:\n        pass\n_warm_up()\ndel _warm_up\n"
-
-
-def import_warm_up(modules: list[str]) -> str:
-    """Code that imports `modules` (each on its own: one that fails to import is the notebook's to report), then
-    records the process state the notebooks start from, for `RESET_CODE` to restore."""
-    return (silent_code(f"import importlib\nfor m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
-                        "    except Exception:\n        pass")
-            + SNAPSHOT_CODE)
-
-
-def kernel_call(function) -> str:
-    """Code that defines `function` in the kernel (from its source here), calls it and leaves no name behind."""
+def kernel_call(function, *args) -> str:
+    """Code that defines `function` in the kernel (its source as this module was imported: an edit during a run
+    cannot change it), calls it with `args` (literals) and leaves no name behind. The functions it sends catch their
+    own errors: a warm-up is best effort, and a failure in one could not abort the cells queued behind it."""
     name = function.__name__
-    return f"{inspect.getsource(function)}\n{name}()\nglobals().pop({name!r}, None)\n"
+    return f"{KERNEL_SOURCES[name]}\n{name}(*{args!r})\nglobals().pop({name!r}, None)\n"
+
+
+def _import_modules(modules: list[str]) -> None:
+    """Runs in the kernel: import each module on its own (one that fails to import is the notebook's to report)."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except Exception:
+            pass
+
+
+def _open_mlflow_stores(tracking_uri: str) -> None:
+    """Runs in the kernel: open MLflow's tracking and registry stores. MLflow caches them per process, and opening
+    a SQL store checks its schema (about half a second), so the notebooks that log or register find them open."""
+    try:
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=tracking_uri).search_registered_models(max_results=1)
+    except Exception:
+        pass
 
 
 def _snapshot_kernel_state() -> None:
@@ -194,16 +204,16 @@ def _restore_kernel_state() -> None:
     sys.modules["IPython"].get_ipython().reset(new_session=True)
 
 
-# The kernel-side code, from the functions' source as imported: a file edited while a run goes on cannot change it.
-SNAPSHOT_CODE = kernel_call(_snapshot_kernel_state)
+KERNEL_SOURCES = {f.__name__: inspect.getsource(f)
+                  for f in (_import_modules, _open_mlflow_stores, _snapshot_kernel_state, _restore_kernel_state)}
+
+
+def import_warm_up(modules: list[str]) -> str:
+    """Code that imports `modules`, then records the process state the notebooks start from (for `RESET_CODE`)."""
+    return kernel_call(_import_modules, modules) + kernel_call(_snapshot_kernel_state)
+
+
 RESET_CODE = kernel_call(_restore_kernel_state)  # before each notebook after the first; imported modules stay loaded
-
-
-def mlflow_warm_up(tracking_uri: str) -> str:
-    """Code that opens the MLflow tracking and registry stores: MLflow caches them per process, and opening a
-    SQL store checks its schema (about half a second), so the notebooks that log or register find them open."""
-    return silent_code(f"import mlflow\nclient = mlflow.MlflowClient(tracking_uri={tracking_uri!r})\n"
-                       "client.search_registered_models(max_results=1)")
 
 
 def mlflow_store_ready(tracking_uri: str) -> bool:
@@ -341,10 +351,10 @@ class NotebookRun:
             uri = self.settings.mlflow_tracking_uri
             opened_early = "mlflow" in modules and mlflow_store_ready(uri)
             if opened_early:
-                kernel.queue(mlflow_warm_up(uri))
+                kernel.queue(kernel_call(_open_mlflow_stores, uri))
             params = self._params.result()  # raises RunCalledOff when the preflight refused the input
             if "mlflow" in modules and not opened_early:  # the preflight has created the store: open it now
-                kernel.queue(mlflow_warm_up(uri))
+                kernel.queue(kernel_call(_open_mlflow_stores, uri))
             for i, name in enumerate(self.notebooks):
                 if i:
                     kernel.queue(RESET_CODE)
