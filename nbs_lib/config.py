@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     model_alias: str = "champion"
     optuna_storage: str = ""              # OPTUNA_STORAGE: any RDB URL; default sqlite:///<models_dir>/optuna.db
     optuna_study: str = ""                # OPTUNA_STUDY: default <spec>-<profile>-<data sha256[:12]>
+    optuna_heartbeat_s: int = 60          # OPTUNA_HEARTBEAT_S: trials beat this often; silent for 3 beats = worker dead, retried once (0: off)
     n_trials: int | None = None           # N_TRIALS: overrides the profile's trial count (0: only read the study)
     n_jobs: int = 0                       # N_JOBS: threads per model fit in the search; 0: every core (set 1 when tuners share cores)
     prediction_log: Path | None = None    # PREDICTION_LOG: SQLite file the API appends scored records to

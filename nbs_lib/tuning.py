@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'MODEL_FAMILIES', 'score', 'all_scores', 'default_config', 'warm_start_configs', 'suggest_config',
            'make_estimator', 'make_model_pipeline', 'cross_validate', 'make_objective', 'data_fingerprint',
-           'study_name', 'open_study', 'run_study', 'best_config', 'study_summary']
+           'study_name', 'study_storage', 'open_study', 'run_study', 'best_config', 'study_summary']
 
 # %% ../notebooks/03_experiments.ipynb #376b8814
 def score(metric: str, y_true, y_pred) -> float:
@@ -194,11 +194,24 @@ def study_name(settings: Settings, spec: Spec, fingerprint: str) -> str:
     return settings.optuna_study or f"{spec.name}-{settings.profile}-{fingerprint.removeprefix('synthetic-')[:12]}"
 
 
-def open_study(settings: Settings, spec: Spec, name: str, profile: Profile | None = None) -> optuna.Study:
-    "Create or load the shared study; a new one starts with the warm-start configurations."
+def study_storage(settings: Settings) -> optuna.storages.RDBStorage:
+    """The study's RDB storage, with a heartbeat: a running trial records one every `optuna_heartbeat_s` seconds, and
+    the next trial any worker starts fails a trial silent for three beats (its worker was killed, its machine lost)
+    and queues its configuration once more, so a dead worker neither leaves a trial RUNNING forever nor loses it."""
     if settings.optuna_storage.startswith("sqlite:///"):
         Path(settings.optuna_storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(settings.optuna_storage, engine_kwargs={"pool_pre_ping": True})
+    beat = settings.optuna_heartbeat_s or None
+    with warnings.catch_warnings():  # the heartbeat has been "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            settings.optuna_storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=beat,
+            grace_period=3 * beat if beat else None,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1) if beat else None)
+
+
+def open_study(settings: Settings, spec: Spec, name: str, profile: Profile | None = None) -> optuna.Study:
+    "Create or load the shared study; a new one starts with the warm-start configurations."
+    storage = study_storage(settings)
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True,
         direction="maximize" if spec.greater_is_better else "minimize",
