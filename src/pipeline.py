@@ -7,6 +7,7 @@ stores opened) while the preflight runs, and reset between notebooks so each sta
 `make pipeline [DATA=... PROFILE=smoke|full SPEC=...]` runs `python -m src.pipeline`. Bad input stops the run before
 anything is written; a failing notebook leaves the registry's champion, `data/raw` and `reports/` as they were
 (executed copies are staged in a temporary folder and only moved into `reports/notebooks/` when every notebook passed).
+Ctrl-C interrupts the running notebook and starts no other, with the same guarantee (exit 130).
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def start_parent_run(settings: Settings, spec: Spec, prepared: PreparedInput) ->
 
 class RunCalledOff(Exception):
     """The preflight refused the input, so no notebook runs (that refusal is the error reported)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; `notebook` is the one that was running (None: before the first began)."""
+
+    def __init__(self, notebook: str | None):
+        super().__init__(notebook)
+        self.notebook = notebook
 
 
 def notebook_modules(nb_path: Path) -> list[str]:
@@ -332,13 +341,21 @@ class NotebookRun:
     process state the warm-up left; only imported modules carry over, as they would in one plain Python process.
     The first notebook that fails stops the run, so registration (the last) never follows a failure. Leaving the
     `with` block without `run` (the preflight refused the input) stops the kernel without executing anything.
+
+    Ctrl-C reaches only this process (jupyter_client starts kernels in a session of their own), so `run` passes it
+    on: no further notebook starts, the kernel's running cell is interrupted, and `run` returns (raising
+    `RunInterrupted`) only once the notebook has unwound, so nothing the kernel does can follow the interrupt.
     """
 
     def __init__(self, settings: Settings, out_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS):
+        import threading
         from concurrent.futures import Future, ThreadPoolExecutor
 
         self.settings, self.out_dir, self.notebooks = settings, out_dir, notebooks
         self._params: Future = Future()
+        self._stopping = threading.Event()
+        self._kernel: WarmKernel | None = None
+        self.current: str | None = None  # the notebook running now (the last one started)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notebooks")
         self._done = self._pool.submit(self._run)
 
@@ -348,6 +365,7 @@ class NotebookRun:
         if self._params.done() and self._params.exception() is not None:
             raise self._params.exception()  # called off before the kernel started: start none
         with warm_kernel(nb_dir, modules) as kernel:
+            self._kernel = kernel
             uri = self.settings.mlflow_tracking_uri
             opened_early = "mlflow" in modules and mlflow_store_ready(uri)
             if opened_early:
@@ -356,14 +374,59 @@ class NotebookRun:
             if "mlflow" in modules and not opened_early:  # the preflight has created the store: open it now
                 kernel.queue(kernel_call(_open_mlflow_stores, uri))
             for i, name in enumerate(self.notebooks):
+                if self._stopping.is_set():
+                    raise RunInterrupted(self.current)
+                self.current = name
                 if i:
                     kernel.queue(RESET_CODE)
                 execute_notebook(self.settings, name, params, self.out_dir, kernel.manager)
 
     def run(self, params: dict) -> None:
-        """Execute every notebook with `params`; raise the first failure (`NotebookFailed`)."""
+        """Execute every notebook with `params`; raise the first failure (`NotebookFailed`), or `RunInterrupted`."""
         self._params.set_result(params)
-        self._done.result()
+        try:
+            self._done.result()
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise RunInterrupted(self.current) from None
+
+    def _interrupt(self, grace_s: float = 10.0) -> None:
+        """Stop the notebooks and wait until they have: interrupt the kernel's cell (as Jupyter's stop button does,
+        again every second, since an interrupt that lands between two cells is ignored); if the notebook has not
+        unwound within `grace_s`, or Ctrl-C comes again, kill the kernel. Nothing in a notebook needs a clean end:
+        the run is marked KILLED, and a trial left RUNNING is failed by the study's heartbeat."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from jupyter_core.utils import run_sync
+
+        self._stopping.set()
+        kernel = self._kernel
+        if kernel is None:  # still starting: its thread stops before the first notebook
+            return
+        log.warning("interrupted: stopping %s (Ctrl-C again to kill its kernel)", self.current or "the kernel")
+        deadline = time.monotonic() + grace_s
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    run_sync(kernel.manager.interrupt_kernel)()
+                except Exception as e:  # a kernel already gone has nothing left to stop
+                    log.debug("interrupting the kernel: %r", e)
+                try:
+                    self._done.exception(timeout=1.0)
+                    return
+                except FutureTimeout:
+                    continue
+        except KeyboardInterrupt:
+            pass
+        log.warning("killing the kernel of %s", self.current)
+        try:
+            run_sync(kernel.manager.shutdown_kernel)(now=True)
+        except Exception as e:
+            log.debug("killing the kernel: %r", e)
+        try:
+            self._done.exception(timeout=grace_s)  # papermill notices the dead kernel
+        except (FutureTimeout, KeyboardInterrupt):
+            pass
 
     def __enter__(self) -> NotebookRun:
         return self
@@ -414,12 +477,16 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
             try:
                 notebooks.run(notebook_parameters(settings, prepared, run_id, work_dir))
                 timings["notebooks"] = time.perf_counter() - started - timings["preflight"]
-            except BaseException:
-                finish_run(settings, run_id, out_dir, work_dir, "FAILED")
+            except BaseException as e:
+                finish_run(settings, run_id, out_dir, work_dir, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
                 raise
-    except UserInputError:
-        shutil.rmtree(staging, ignore_errors=True)  # nothing ran; a failed notebook's copy is kept for reading
+    except (UserInputError, RunCalledOff, RunInterrupted) as e:
+        if not getattr(e, "notebook", None):
+            shutil.rmtree(staging, ignore_errors=True)  # nothing ran; a stopped notebook's copy is kept for reading
         raise
+    except KeyboardInterrupt:  # during the preflight: no notebook began
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RunInterrupted(None) from None
     summary = finish_run(settings, run_id, out_dir, work_dir, "FINISHED")
     shutil.rmtree(staging, ignore_errors=True)
     return summary
@@ -433,6 +500,13 @@ def describe(summary: dict, settings: Settings) -> str:
             f"holdout: {metrics}\n"
             f"reports: {settings.reports_dir / 'notebooks'}\n"
             f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+
+
+def interrupted_message(notebook: str | None) -> str:
+    """What Ctrl-C stopped, and what it left: the alias moves in registration's last step, so it stayed."""
+    where = f"while {notebook} ran" if notebook else "before any notebook ran"
+    return (f"interrupted {where}: the run stopped and is marked KILLED in MLflow. Nothing was promoted (the "
+            "champion alias moves only when registration completes); data/raw and reports/ are as they were.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotebookFailed as e:
         print(f"\nerror: {e}\n", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        print(f"\n{interrupted_message(getattr(e, 'notebook', None))}\n", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports Ctrl-C
     print("\n" + describe(summary, settings))
     return 0
 

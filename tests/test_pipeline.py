@@ -264,3 +264,40 @@ def test_a_kernel_that_dies_is_a_clear_notebook_failure(tmp_path):
     settings = get_settings(project_dir=tmp_path)
     with pytest.raises(NotebookFailed, match=r"Notebook dies.ipynb stopped: DeadKernelError: .* Its kernel died"):
         execute_notebook(settings, "dies.ipynb", {}, tmp_path)
+
+
+def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(trained_project, tmp_path):
+    """Ctrl-C reaches the pipeline, not its kernel (jupyter_client starts kernels in their own session): the
+    pipeline interrupts the running notebook, starts no other, marks the run KILLED and exits 130 within seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    before = project_state(trained_project)
+    log_path = tmp_path / "pipeline.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "src.pipeline"], cwd=PROJECT_DIR, start_new_session=True,
+                                env={**os.environ, **trained_project}, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while "running 03_experiments.ipynb" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside the search
+        kernels = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground process group on Ctrl-C
+        sent = time.monotonic()
+        rc = proc.wait(timeout=120)
+    stopped_in = time.monotonic() - sent
+    out = log_path.read_text()
+    assert rc == 130, out[-3000:]
+    assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
+    assert "interrupted while 03_experiments.ipynb ran" in out and "Nothing was promoted" in out
+    assert "03_experiments.ipynb done" not in out and "running 04_registration.ipynb" not in out
+    assert kernels and not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    assert project_state(trained_project) == before  # champion, data/raw and reports/ as they were
+    runs = mlflow.search_runs(experiment_names=["obesity"], filter_string="tags.mlflow.parentRunId IS NULL",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    assert runs[0].info.status == "KILLED"
