@@ -99,9 +99,9 @@ class RunCalledOff(Exception):
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped the run; `notebook` is the one that was running (None: before the first began)."""
 
-    def __init__(self, notebook: str | None):
+    def __init__(self, notebook: str | None, promoted_version: str | None = None):
         super().__init__(notebook)
-        self.notebook = notebook
+        self.notebook, self.promoted_version = notebook, promoted_version
 
 
 def notebook_modules(nb_path: Path) -> list[str]:
@@ -477,8 +477,11 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
             try:
                 notebooks.run(notebook_parameters(settings, prepared, run_id, work_dir))
                 timings["notebooks"] = time.perf_counter() - started - timings["preflight"]
-            except BaseException as e:
-                finish_run(settings, run_id, out_dir, work_dir, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            except RunInterrupted as e:
+                finish_run(settings, run_id, out_dir, work_dir, "KILLED")
+                raise RunInterrupted(e.notebook, promoted_by(settings, spec, run_id)) from None
+            except BaseException:
+                finish_run(settings, run_id, out_dir, work_dir, "FAILED")
                 raise
     except (UserInputError, RunCalledOff, RunInterrupted) as e:
         if not getattr(e, "notebook", None):
@@ -502,11 +505,24 @@ def describe(summary: dict, settings: Settings) -> str:
             f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
 
 
-def interrupted_message(notebook: str | None) -> str:
-    """What Ctrl-C stopped, and what it left: the alias moves in registration's last step, so it stayed."""
+def promoted_by(settings: Settings, spec: Spec, run_id: str) -> str | None:
+    """The version this run moved the alias to, if it got that far (the alias moves in registration's last step)."""
+    from mlflow.tracking import MlflowClient
+
+    from nbs_lib.registry import champion_version
+
+    champ = champion_version(MlflowClient(), spec.model_name, settings.model_alias)
+    return str(champ.version) if champ is not None and champ.run_id == run_id else None
+
+
+def interrupted_message(e: KeyboardInterrupt) -> str:
+    """What Ctrl-C stopped, and what it left."""
+    notebook, promoted = getattr(e, "notebook", None), getattr(e, "promoted_version", None)
     where = f"while {notebook} ran" if notebook else "before any notebook ran"
-    return (f"interrupted {where}: the run stopped and is marked KILLED in MLflow. Nothing was promoted (the "
-            "champion alias moves only when registration completes); data/raw and reports/ are as they were.")
+    left = (f"Registration had already moved the champion alias to v{promoted}" if promoted else
+            "Nothing was promoted (the champion is where it was)")
+    return (f"interrupted {where}: the run stopped and is marked KILLED in MLflow. {left}; data/raw and reports/ "
+            "are as they were.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {e}\n", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        print(f"\n{interrupted_message(getattr(e, 'notebook', None))}\n", file=sys.stderr)
+        print(f"\n{interrupted_message(e)}\n", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports Ctrl-C
     print("\n" + describe(summary, settings))
     return 0

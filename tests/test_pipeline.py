@@ -301,3 +301,15 @@ def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(trained_project, tmp_
     runs = mlflow.search_runs(experiment_names=["obesity"], filter_string="tags.mlflow.parentRunId IS NULL",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     assert runs[0].info.status == "KILLED"
+
+
+def test_an_interrupted_run_names_the_version_it_promoted_if_it_got_that_far(project_env):
+    from src.pipeline import RunInterrupted, interrupted_message, promoted_by
+
+    settings = get_settings()
+    spec = load_spec(settings.spec, settings.project_dir)
+    champ = champion(project_env)
+    assert promoted_by(settings, spec, champ.run_id) == str(champ.version)  # the run that set the alias
+    assert promoted_by(settings, spec, "a-run-that-registered-nothing") is None
+    assert f"moved the champion alias to v{champ.version}" in interrupted_message(
+        RunInterrupted("04_registration.ipynb", str(champ.version)))
