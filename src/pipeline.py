@@ -483,7 +483,7 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
             except BaseException:
                 finish_run(settings, run_id, out_dir, work_dir, "FAILED")
                 raise
-    except (UserInputError, RunCalledOff, RunInterrupted) as e:
+    except (UserInputError, RunInterrupted) as e:
         if not getattr(e, "notebook", None):
             shutil.rmtree(staging, ignore_errors=True)  # nothing ran; a stopped notebook's copy is kept for reading
         raise
@@ -518,11 +518,12 @@ def promoted_by(settings: Settings, spec: Spec, run_id: str) -> str | None:
 def interrupted_message(e: KeyboardInterrupt) -> str:
     """What Ctrl-C stopped, and what it left."""
     notebook, promoted = getattr(e, "notebook", None), getattr(e, "promoted_version", None)
-    where = f"while {notebook} ran" if notebook else "before any notebook ran"
+    if not notebook:
+        return "interrupted before any notebook ran: nothing was trained or registered; reports/ is as it was."
     left = (f"Registration had already moved the champion alias to v{promoted}" if promoted else
             "Nothing was promoted (the champion is where it was)")
-    return (f"interrupted {where}: the run stopped and is marked KILLED in MLflow. {left}; data/raw and reports/ "
-            "are as they were.")
+    return (f"interrupted while {notebook} ran: the run stopped and is marked KILLED in MLflow. {left}; "
+            "data/raw and reports/ are as they were.")
 
 
 def main(argv: list[str] | None = None) -> int:
