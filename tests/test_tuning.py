@@ -16,8 +16,7 @@ import time
 
 import optuna
 import pytest
-
-from tests.conftest import PROJECT_DIR
+from conftest import PROJECT_DIR
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the heartbeat API, since Optuna 2.9
 
