@@ -4,6 +4,8 @@ PIPELINE_SCHEDULE (default weekly, Sunday 03:00) and DRIFT_SCHEDULE (default dai
 minute hour day-of-month month day-of-week (0 or 7 = Sunday), each `*`, a number, a range `a-b`, a list `a,b` or a
 step `*/n` / `a-b/n`; times are UTC. PIPELINE_COMMAND and DRIFT_COMMAND override what runs. A job still running when
 its next time comes is not started twice. `--run-now JOB` runs one job once and exits with its exit code.
+SIGTERM (`docker-compose stop`) is passed on to the running jobs, which stop as on Ctrl-C; the scheduler waits up
+to SCHEDULER_STOP_GRACE_S (25 s; keep it under the service's stop_grace_period) before it kills them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +29,7 @@ DEFAULT_JOBS = {
     # DRIFT_COMMAND="python -m src.monitoring.retrain" also runs the pipeline when the drift crosses the threshold.
     "drift": ("30 2 * * *", "python -m src.monitoring.monitor"),
 }
+STOP_GRACE_S = 25.0  # how long a stopped scheduler waits for its running job (SCHEDULER_STOP_GRACE_S)
 FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 
 
@@ -124,6 +128,28 @@ def start(job: Job) -> None:
     job.proc, job.started = subprocess.Popen(job.command), time.monotonic()
 
 
+def stop_jobs(jobs: list[Job], grace_s: float, forward: bool = True) -> None:
+    """Pass SIGTERM on to the running jobs (`forward`; Ctrl-C in a terminal has reached them already) and wait up to
+    `grace_s` for them; SIGKILL what is left.
+
+    The pipeline and the tuners handle SIGTERM like Ctrl-C (the notebook stops, the run is marked KILLED, a trial is
+    queued again), so `docker-compose stop` ends a scheduled run cleanly instead of killing it mid-write."""
+    running = [j for j in jobs if j.proc is not None and j.proc.poll() is None]
+    for job in running:
+        log.info("stopping %s (pid %d)", job.name, job.proc.pid)
+        if forward:
+            job.proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for job in running:
+        try:
+            job.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            log.info("%s stopped: exit %d", job.name, job.proc.returncode)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s: killing it", job.name, grace_s)
+            job.proc.kill()
+            job.proc.wait()
+
+
 def run_forever(jobs: list[Job]) -> None:
     """Wake at each minute boundary, start the jobs whose schedule matches it."""
     for job in jobs:
@@ -159,11 +185,26 @@ def main(argv: list[str] | None = None) -> int:
         job = next((j for j in jobs if j.name == args.run_now), None)
         command = job.command if job else shlex.split(os.environ.get(f"{args.run_now.upper()}_COMMAND")
                                                       or DEFAULT_JOBS[args.run_now][1])
-        log.info("%s starting now: %s", args.run_now, shlex.join(command))
-        return subprocess.call(command)
-    run_forever(jobs)
-    return 0
+        jobs = [Job(args.run_now, Cron.parse("* * * * *"), command)]
+    # As PID 1 in its container the scheduler would ignore SIGTERM (no default action there) until Docker's SIGKILL.
+    terminated: list[int] = []
 
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    grace_s = float(os.environ.get("SCHEDULER_STOP_GRACE_S", STOP_GRACE_S))
+    try:
+        if args.run_now:
+            start(jobs[0])
+            return jobs[0].proc.wait()
+        run_forever(jobs)
+    except KeyboardInterrupt:
+        log.info("stopping: waiting up to %.0f s for running jobs", grace_s)
+        stop_jobs(jobs, grace_s, forward=bool(terminated))
+        return jobs[0].proc.returncode if args.run_now and jobs[0].proc else 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'MODEL_FAMILIES', 'score', 'all_scores', 'default_config', 'warm_start_configs', 'suggest_config',
            'make_estimator', 'make_model_pipeline', 'cross_validate', 'make_objective', 'data_fingerprint',
-           'study_name', 'study_storage', 'open_study', 'run_study', 'best_config', 'study_summary']
+           'study_name', 'study_storage', 'retry_trial', 'open_study', 'run_study', 'best_config', 'study_summary']
 
 # %% ../notebooks/03_experiments.ipynb #376b8814
 def score(metric: str, y_true, y_pred) -> float:
@@ -206,7 +206,27 @@ def study_storage(settings: Settings) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(
             settings.optuna_storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=beat,
             grace_period=3 * beat if beat else None,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1) if beat else None)
+            heartbeat_stale_trial_callback=_retry_once() if beat else None)
+
+
+def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    "Optuna's retry: queue a failed trial's configuration again, at most once per original trial."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def retry_trial(study: optuna.Study, number: int) -> int | None:
+    """Queue trial `number`'s configuration once more if it failed (a worker stopped by Ctrl-C or SIGTERM fails the
+    trial it was in, as the heartbeat fails a dead worker's); the queued trial's number, or None (not failed, or
+    already retried once)."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if trial.state != optuna.trial.TrialState.FAIL:
+        return None
+    _retry_once()(study, trial)
+    queued = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+              if t.system_attrs.get("failed_trial") == number]
+    return queued[-1] if queued else None
 
 
 def open_study(settings: Settings, spec: Spec, name: str, profile: Profile | None = None) -> optuna.Study:

@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from nbs_lib.config import Settings, Spec, UserInputError, configure_mlflow, get_settings, load_spec
 from nbs_lib.data import ingest_raw, read_table, require_target, write_synthetic_csv
+from src.signals import sigterm_as_interrupt
 
 log = logging.getLogger("pipeline")
 
@@ -536,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "great_expectations", "papermill", "traitlets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        settings = get_settings(spec=args.spec, data=args.data, profile=args.profile)
-        summary = run_pipeline(settings)
+        with sigterm_as_interrupt() as stop:
+            settings = get_settings(spec=args.spec, data=args.data, profile=args.profile)
+            summary = run_pipeline(settings)
     except UserInputError as e:
         print(f"\nerror: {e}\n", file=sys.stderr)
         return 2
@@ -545,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerror: {e}\n", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        print(f"\n{interrupted_message(e)}\n", file=sys.stderr)
-        return 130  # 128 + SIGINT, as a shell reports Ctrl-C
+        by = "" if stop.signum == signal.SIGINT else f"{stop.name}: "
+        print(f"\n{by}{interrupted_message(e)}\n", file=sys.stderr)
+        return stop.exit_code  # 130 for Ctrl-C, 143 for SIGTERM (docker stop), as a shell reports them
     print("\n" + describe(summary, settings))
     return 0
 

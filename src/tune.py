@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from src.signals import sigterm_as_interrupt
+
 log = logging.getLogger("tune")
 
 
@@ -31,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from nbs_lib.config import UserInputError, configure_mlflow, get_settings, load_spec
     from nbs_lib.processing import features_target, prepare_split
-    from nbs_lib.tuning import data_fingerprint, make_objective, open_study, study_name, study_summary
+    from nbs_lib.tuning import (
+        data_fingerprint,
+        make_objective,
+        open_study,
+        retry_trial,
+        study_name,
+        study_summary,
+    )
 
     try:
         settings = get_settings()
@@ -52,17 +61,49 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     objective = make_objective(X, y, spec, profile, settings.seed, log_mlflow=not args.no_mlflow,
                                n_jobs=settings.n_jobs or None)
+    running: list[int] = []  # the number of the trial in progress, for the interrupt
+
+    def tracked(trial: optuna.Trial) -> float:
+        running[:] = [trial.number]
+        return objective(trial)
+
+    def optimize() -> None:
+        study.optimize(tracked, callbacks=[stop_at_target], timeout=profile.timeout_s, gc_after_trial=True)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.no_mlflow:
-        study.optimize(objective, callbacks=[stop_at_target], timeout=profile.timeout_s, gc_after_trial=True)
-    else:
-        exp_id = configure_mlflow(settings, spec)
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"tuner-{socket.gethostname()}",
-                              tags={"optuna.study": study.study_name}):
-            study.optimize(objective, callbacks=[stop_at_target], timeout=profile.timeout_s, gc_after_trial=True)
+    try:
+        with sigterm_as_interrupt() as stop:
+            if args.no_mlflow:
+                optimize()
+            else:
+                exp_id = configure_mlflow(settings, spec)
+                with mlflow.start_run(experiment_id=exp_id, run_name=f"tuner-{socket.gethostname()}",
+                                      tags={"optuna.study": study.study_name}):
+                    try:
+                        optimize()
+                    except KeyboardInterrupt:
+                        mlflow.end_run("KILLED")
+                        raise
+    except KeyboardInterrupt:
+        stopped = running[0] if running else None
+        again = retry_trial(study, stopped) if stopped is not None else None
+        done = sum(t.state in finished for t in study.get_trials(deepcopy=False))
+        print(f"\n{stop.name}: {interrupted_message(study.study_name, done, stopped, again)}\n", file=sys.stderr)
+        return stop.exit_code
     summary = study_summary(study, spec)
     log.info("study %s: %s, best %s", study.study_name, summary["trials"], summary[f"best_cv_{spec.primary_metric}"])
     return 0
+
+
+def interrupted_message(study: str, finished: int, stopped_trial: int | None, queued_as: int | None) -> str:
+    """What stopping a worker left: Optuna failed the trial it was in, and its configuration is queued once more."""
+    if stopped_trial is None:
+        what = "the worker stopped before its first trial"
+    elif queued_as is not None:
+        what = f"trial {stopped_trial} was stopped and its configuration queued again as trial {queued_as}"
+    else:
+        what = f"the worker stopped after trial {stopped_trial}"
+    return f"{what}; study {study} keeps its {finished} finished trials. Start a worker again to continue the study."
 
 
 if __name__ == "__main__":

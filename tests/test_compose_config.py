@@ -7,10 +7,13 @@ the shared Optuna study, the images' base, user and pins, and the scheduler's cr
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +27,8 @@ SERVICES = {"postgres", "mlflow", "jupyter", "pipeline", "tuner", "api", "schedu
 SECRETS = {"POSTGRES_PASSWORD", "JUPYTER_TOKEN", "API_KEY"}
 # Keys of a service that docker-compose 1.29 understands and this stack uses; Compose v2 reads all of them.
 SERVICE_KEYS_1_29 = {"build", "image", "command", "entrypoint", "environment", "ports", "volumes", "depends_on",
-                     "healthcheck", "restart", "user", "working_dir", "profiles", "networks", "expose"}
+                     "healthcheck", "restart", "user", "working_dir", "profiles", "networks", "expose",
+                     "stop_grace_period"}
 VAR = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
@@ -312,3 +316,63 @@ def test_bad_schedule_is_refused_with_the_field_named(scheduler):
 def test_empty_schedule_disables_a_job_and_commands_can_be_replaced(scheduler):
     jobs = scheduler.jobs_from_env({"DRIFT_SCHEDULE": "off", "PIPELINE_COMMAND": "make pipeline PROFILE=full"})
     assert [(j.name, j.command) for j in jobs] == [("pipeline", ["make", "pipeline", "PROFILE=full"])]
+
+
+# A job that records the SIGTERM it gets and exits as the pipeline does (143), or one that ignores SIGTERM.
+STOPPABLE_JOB = """
+import pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[1])
+def on_sigterm(*_):
+    out.write_text("SIGTERM")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_sigterm if sys.argv[2] == "stops" else signal.SIG_IGN)
+out.write_text("started")
+time.sleep(120)
+"""
+
+
+def test_docker_stop_passes_sigterm_to_the_running_job_and_waits_for_it(tmp_path):
+    """The scheduler is PID 1 in its container, where SIGTERM would be ignored until Docker's SIGKILL cut a running
+    pipeline off mid-write; it passes the signal on and exits with the job's status."""
+    job = tmp_path / "job.py"
+    job.write_text(STOPPABLE_JOB)
+    marker = tmp_path / "job.state"
+    env = {**os.environ, "PIPELINE_COMMAND": f"{sys.executable} {job} {marker} stops"}
+    proc = subprocess.Popen([sys.executable, str(PROJECT_DIR / "docker" / "scheduler.py"), "--run-now", "pipeline"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out
+    assert marker.read_text() == "SIGTERM"
+    assert "pipeline stopped: exit 143" in out
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(scheduler, tmp_path):
+    job = tmp_path / "job.py"
+    job.write_text(STOPPABLE_JOB)
+    marker = tmp_path / "job.state"
+    stubborn = scheduler.Job("pipeline", scheduler.Cron.parse("* * * * *"), [])
+    stubborn.proc = subprocess.Popen([sys.executable, str(job), str(marker), "ignores"])
+    while not marker.exists():
+        time.sleep(0.05)
+    started = time.monotonic()
+    scheduler.stop_jobs([stubborn], grace_s=1.0)
+    assert stubborn.proc.returncode == -signal.SIGKILL
+    assert 1.0 <= time.monotonic() - started < 10
+    assert marker.read_text() == "started"
+
+
+def test_batch_services_get_time_to_stop_cleanly(services, scheduler):
+    """docker stop waits `stop_grace_period` before SIGKILL: enough for the pipeline's 10 s kernel interrupt, and
+    longer than the scheduler's own wait for its job."""
+    for name in ("tuner", "pipeline", "scheduler"):
+        period = services[name]["stop_grace_period"]
+        assert re.fullmatch(r"\d+s", period) and int(period[:-1]) >= 30, (name, period)
+    assert scheduler.STOP_GRACE_S < int(services["scheduler"]["stop_grace_period"][:-1])

@@ -266,9 +266,11 @@ def test_a_kernel_that_dies_is_a_clear_notebook_failure(tmp_path):
         execute_notebook(settings, "dies.ipynb", {}, tmp_path)
 
 
-def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(trained_project, tmp_path):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"], ids=["Ctrl-C", "docker stop"])
+def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(signum, trained_project, tmp_path):
     """Ctrl-C reaches the pipeline, not its kernel (jupyter_client starts kernels in their own session): the
-    pipeline interrupts the running notebook, starts no other, marks the run KILLED and exits 130 within seconds."""
+    pipeline interrupts the running notebook, starts no other, marks the run KILLED and exits 130 within seconds.
+    SIGTERM (`docker stop`, sent to the command alone) does the same and exits 143."""
     import signal
     import subprocess
     import sys
@@ -287,14 +289,18 @@ def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(trained_project, tmp_
             time.sleep(0.2)
         time.sleep(1.0)  # inside the search
         kernels = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground process group on Ctrl-C
+        if signum == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground process group on Ctrl-C
+        else:
+            proc.send_signal(signal.SIGTERM)  # what docker stop sends the container's command
         sent = time.monotonic()
         rc = proc.wait(timeout=120)
     stopped_in = time.monotonic() - sent
     out = log_path.read_text()
-    assert rc == 130, out[-3000:]
+    assert rc == 128 + getattr(signal, signum), out[-3000:]
     assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
-    assert "interrupted while 03_experiments.ipynb ran" in out and "Nothing was promoted" in out
+    said = ("SIGTERM: " if signum == "SIGTERM" else "\n") + "interrupted while 03_experiments.ipynb ran"
+    assert said in out and "Nothing was promoted" in out, out[-3000:]
     assert "03_experiments.ipynb done" not in out and "running 04_registration.ipynb" not in out
     assert kernels and not psutil.wait_procs(kernels, timeout=10)[1]  # no kernel outlives the run
     assert project_state(trained_project) == before  # champion, data/raw and reports/ as they were

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta
 
 import optuna
 import pytest
@@ -122,3 +123,57 @@ def test_a_live_slow_trial_is_not_failed_by_other_workers(tmp_path):
     study.optimize(slow_objective, n_trials=1)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
     assert seen_stale == [[]] * 5
+
+
+def running_trial(storage_url: str, started_s_ago: float) -> int | None:
+    """The number of a trial RUNNING for at least `started_s_ago` seconds (None before the tables exist)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT number FROM trials WHERE state = 'RUNNING' AND datetime_start < :t"),
+                {"t": datetime.now() - timedelta(seconds=started_s_ago)}).all()
+    except sqlalchemy.exc.OperationalError:
+        return None
+    finally:
+        engine.dispose()
+    return rows[0][0] if rows else None
+
+
+def test_sigterm_stops_a_tuner_at_once_and_queues_its_trial_again(tmp_path):
+    """`docker stop` (SIGTERM to the worker) ends the trial in progress at once: Optuna fails it, the worker queues
+    its configuration for the next worker, marks its MLflow run KILLED and exits 143, instead of dying and leaving
+    the trial to the heartbeat (or, as PID 1 in a container, ignoring SIGTERM until Docker's SIGKILL)."""
+    import mlflow
+    from conftest import isolated_env
+
+    env = {**os.environ, **isolated_env(tmp_path), "PROFILE": "full", "N_JOBS": "1"}  # full: trials of seconds
+    storage = env["OPTUNA_STORAGE"]
+    worker = subprocess.Popen([sys.executable, "-m", "src.tune", "--target-trials", "100"], cwd=PROJECT_DIR, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def in_a_trial() -> int | None:
+            if worker.poll() is not None:
+                pytest.fail(f"the worker exited before its trial began:\n{worker.stderr.read()[-3000:]}")
+            return running_trial(storage, started_s_ago=0.5)
+        number = wait_for(in_a_trial, 180, "the worker to be inside a trial")
+        worker.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 143, err[-3000:]
+    assert time.monotonic() - sent < 20
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    trials = study.get_trials()
+    (again,) = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    assert f"SIGTERM: trial {number} was stopped and its configuration queued again as trial {again.number}" in err
+    assert (trials[number].state, again.state) == (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING)
+    assert again.params == trials[number].params
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (worker_run,) = client.search_runs([client.get_experiment_by_name("obesity").experiment_id],
+                                       filter_string="tags.mlflow.parentRunId IS NULL")
+    assert worker_run.info.status == "KILLED"
