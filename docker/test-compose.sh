@@ -5,8 +5,9 @@
 # api answers 503 with a reason while there is no champion, runs two tuners on one study, runs the pipeline service,
 # checks the MLflow server's champion (REST) and that the pipeline took the study's best trial, waits for the api
 # to pick the champion up, calls /model and /predict, runs the drift check, scales the tuners back to one, then the
-# bad cases: MLflow down (api stays up, answers 503, no restart loop) and Postgres restarted while a tuner runs
-# (server and worker reconnect). Exits non-zero at the first failure; prints the steps' timings and the calls made.
+# bad cases: MLflow down (api stays up, answers 503, no restart loop), Postgres restarted while a tuner runs (server
+# and worker reconnect), and `docker stop` of a tuner mid-trial (exit 143 at once, its trial queued again). Exits
+# non-zero at the first failure; prints the steps' timings and the calls made.
 #
 # Runs as its own compose project (COMPOSE_TEST_PROJECT, default nbs-mlops-test) with random secrets and its own
 # ports (TEST_*_PORT), so a stack started with `make up` is left alone. TEST_TUNER_TRIALS sets the study size.
@@ -173,3 +174,26 @@ postgres_restart() {
        "tuner restarts: $(docker inspect -f '{{.RestartCount}}' "$(cid tuner)")"
 }
 step "bad case: Postgres restarted mid-study -> reconnect" postgres_restart
+
+tuner_stopped() {  # docker stop a tuner inside its trials: SIGTERM is handled (exit 143 at once), not ignored as PID 1
+  count_trial_runs
+  set_env TUNER_TRIALS $((FINISHED_TRIALS + 50))
+  dc up -d --no-deps tuner
+  local c; c=$(cid tuner)
+  local deadline=$((SECONDS + 180))
+  until docker logs "$c" 2>&1 | grep -q "joins study"; do
+    (( SECONDS < deadline )) || fail "the tuner did not join the study within 180 s"
+    sleep 1
+  done
+  sleep 8  # inside its trials
+  local t=$SECONDS
+  dc stop tuner
+  local took=$((SECONDS - t)) code said
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
+  said=$(docker logs "$c" 2>&1 | grep -E "^SIGTERM: " || true)
+  [[ $code == 143 ]] || fail "the stopped tuner exited $code, expected 143: $(docker logs --tail 20 "$c" 2>&1)"
+  (( took < 10 )) || fail "docker stop took $took s: the tuner sat out the grace period instead of handling SIGTERM"
+  [[ -n $said ]] || fail "the stopped tuner said nothing about its trial"
+  echo "    docker stop tuner: exit $code after $took s; $said"
+}
+step "bad case: docker stop a tuner mid-trial -> exit 143 at once, trial queued again" tuner_stopped
