@@ -67,6 +67,19 @@ def make_validate(path: Path, env: dict[str, str], policy: str = "") -> subproce
     return subprocess.run(args, cwd=PROJECT_DIR, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
 
 
+def validate_in_process(path: Path, env: dict[str, str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """What `make validate` runs (src.validate), in this process: (exit code, stdout, stderr). The matrix below uses
+    it; `make validate` itself is run by the tests after the matrix."""
+    from src.validate import main
+
+    for k, v in {**env, "DATA": str(path)}.items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    code = main([])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def run_pipeline_in_process(path: Path, env: dict[str, str], monkeypatch, capsys) -> tuple[int, str]:
     from src.pipeline import main
 
@@ -85,10 +98,10 @@ def test_contract_violation_is_reported_exactly_and_changes_nothing(case, traine
     report = validate_file(path, SPEC)
     assert [(f.expectation, f.column, f.unexpected_count) for f in report.errors] == [(expectation, column, rows)]
 
-    proc = make_validate(path, trained_project)
-    assert proc.returncode != 0 and "validate] Error 1" in proc.stderr, proc.stdout + proc.stderr  # src.validate exits 1
-    assert f"{expectation} failed on column {column!r}" in proc.stdout or f"column {column!r} is missing ({expectation})" in proc.stdout
-    assert "What to do" in proc.stdout
+    code, out, err = validate_in_process(path, trained_project, monkeypatch, capsys)
+    assert code == 1, out + err
+    assert f"{expectation} failed on column {column!r}" in out or f"column {column!r} is missing ({expectation})" in out
+    assert "What to do" in out
     assert (Path(trained_project["REPORTS_DIR"]) / "validation" / "index.html").exists()  # Data Docs
 
     before = project_state(trained_project)
@@ -103,15 +116,27 @@ def test_file_that_is_not_a_table_gets_a_clear_error_before_gx(case, trained_pro
     write, message = NOT_A_TABLE[case]
     path = tmp_path / "data.csv"
     write(path)
-    proc = make_validate(path, trained_project)
-    assert proc.returncode != 0 and "validate] Error 2" in proc.stderr  # src.validate exits 2: not a table
-    assert message in proc.stderr and str(path) in proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, _, err = validate_in_process(path, trained_project, monkeypatch, capsys)
+    assert code == 2  # not a table
+    assert message in err and str(path) in err
 
     before = project_state(trained_project)
     code, err = run_pipeline_in_process(path, trained_project, monkeypatch, capsys)
     assert code == 2 and message in err
     assert project_state(trained_project) == before
+
+
+@pytest.mark.parametrize("case", ["negative height", "wrong delimiter"])
+def test_make_validate_exits_1_on_a_broken_contract_and_2_on_a_file_that_is_not_a_table(case, tmp_path, isolated):
+    write, expected = TABLE_CASES[case] if case in TABLE_CASES else NOT_A_TABLE[case]
+    path = tmp_path / "data.csv"
+    write(path)
+    proc = make_validate(path, isolated)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    if case in TABLE_CASES:
+        assert "validate] Error 1" in proc.stderr and f"failed on column {expected[1]!r}" in proc.stdout, proc.stdout + proc.stderr
+    else:
+        assert "validate] Error 2" in proc.stderr and expected in proc.stderr, proc.stderr
 
 
 def test_valid_generated_file_passes(tmp_path, isolated):
