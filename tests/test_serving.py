@@ -328,7 +328,8 @@ def test_insurance_spec_generates_a_regression_api_without_code_changes(monkeypa
 
 
 def test_regression_answers_carry_numbers_and_no_probabilities():
-    from nbs_lib.serving import Prediction, ServedModel
+    from nbs_lib.predictor import Prediction
+    from nbs_lib.serving import ServedModel
     from src.serving.routes import Answer
 
     model = ServedModel("insurance", "3", "champion", "run", predictor=None)

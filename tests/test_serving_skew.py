@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from nbs_lib.config import load_spec
 from nbs_lib.data import generate_synthetic
-from nbs_lib.serving import probe_records
+from nbs_lib.predictor import probe_records
 
 SPEC = load_spec("obesity", PROJECT_DIR)
 

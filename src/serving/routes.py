@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from nbs_lib.config import Spec
-from nbs_lib.serving import NoChampion, Prediction, ServedModel, as_records, batch_decoder, request_model
+from nbs_lib.predictor import Prediction
+from nbs_lib.serving import NoChampion, ServedModel, as_records, batch_decoder, request_model
 
 from .deps import ModelDep, StateDep, require_api_key
 from .metrics import CONTENT_TYPE
