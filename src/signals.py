@@ -10,6 +10,7 @@ thread, and each command's Ctrl-C path (stop the notebook, mark the run KILLED, 
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +50,18 @@ def sigterm_as_interrupt() -> Iterator[StopSignal]:
         yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def wait_passing_sigterm_on(proc: subprocess.Popen) -> int:
+    """Wait for a child command until it has exited, and return its exit status. SIGTERM to this process is passed
+    on to the child; Ctrl-C in a terminal has reached the child already (the whole process group gets it). Either
+    way the wait goes on, so the child can stop cleanly (the pipeline marks its run KILLED); `subprocess.run` would
+    SIGKILL it 0.25 s after Ctrl-C."""
+    with sigterm_as_interrupt() as stop:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                if stop.signum == signal.SIGTERM:
+                    proc.send_signal(signal.SIGTERM)
+                    stop.signum = signal.SIGINT

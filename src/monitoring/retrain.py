@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from nbs_lib.config import find_project_dir
+from src.signals import wait_passing_sigterm_on
 
 from . import monitor
 
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def run_pipeline() -> int:
     """`python -m src.pipeline` with this environment (DATA, PROFILE, SPEC as for `make pipeline`)."""
-    return subprocess.run([sys.executable, "-m", "src.pipeline"], cwd=find_project_dir(), env=os.environ.copy()).returncode
+    proc = subprocess.Popen([sys.executable, "-m", "src.pipeline"], cwd=find_project_dir(), env=os.environ.copy())
+    return wait_passing_sigterm_on(proc)  # Ctrl-C or SIGTERM: the pipeline stops its notebook and marks its run KILLED
 
 
 def main(argv: list[str] | None = None) -> int:
