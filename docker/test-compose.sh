@@ -196,4 +196,4 @@ tuner_stopped() {  # docker stop a tuner inside its trials: SIGTERM is handled (
   [[ -n $said ]] || fail "the stopped tuner said nothing about its trial"
   echo "    docker stop tuner: exit $code after $took s; $said"
 }
-step "bad case: docker stop a tuner mid-trial -> exit 143 at once, trial queued again" tuner_stopped
+step "bad case: docker stop tuner mid-trial -> 143, trial requeued" tuner_stopped
