@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # %% auto #0
 __all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'UserInputError', 'find_project_dir',
            'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings', 'FeatureSpec', 'Spec',
-           'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'configure_mlflow']
+           'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'configure_mlflow',
+           'check_optuna_storage']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -254,3 +255,35 @@ def configure_mlflow(settings: Settings, spec: Spec) -> str:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def check_optuna_storage(settings: Settings) -> None:
+    """Fail fast, with the fix, when OPTUNA_STORAGE names a database that cannot be reached: the batch run checks
+    it before any notebook runs (not in the experiments notebook, after EDA and processing), a tuner before it joins."""
+    url = settings.optuna_storage
+    if url.startswith("sqlite:"):
+        return
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    fix = "Start the database (e.g. `make up`), fix OPTUNA_STORAGE, or unset it to use the local sqlite:///models/optuna.db."
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserInputError("OPTUNA_STORAGE is not a database URL (e.g. postgresql+psycopg2://user:password@host:5432/optuna). "
+                             + fix) from None
+    shown = parsed.render_as_string(hide_password=True)
+    timeout = {"connect_timeout": 5} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(parsed, connect_args=timeout)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise UserInputError(f"OPTUNA_STORAGE={shown} needs a database driver that is not installed ({e}). Use "
+                             "postgresql+psycopg2://... (installed here) or install that driver.") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as e:  # refused, unknown host, wrong password, no such database
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UserInputError(f"The Optuna storage at OPTUNA_STORAGE={shown} does not answer ({reason}). {fix}") from None
+    finally:
+        engine.dispose()

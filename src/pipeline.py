@@ -27,7 +27,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbs_lib.config import Settings, Spec, UserInputError, configure_mlflow, get_settings, load_spec
+from nbs_lib.config import (
+    Settings,
+    Spec,
+    UserInputError,
+    check_optuna_storage,
+    configure_mlflow,
+    get_settings,
+    load_spec,
+)
 from nbs_lib.data import ingest_raw, read_table, require_target, write_synthetic_csv
 from src.signals import sigterm_as_interrupt
 
@@ -467,6 +475,7 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
     started = time.perf_counter()
     spec = load_spec(settings.spec, settings.project_dir)
     check_mlflow_reachable(settings)
+    check_optuna_storage(settings)
     staging = Path(tempfile.mkdtemp(prefix="pipeline-"))
     out_dir, work_dir = staging / "notebooks", staging / "work"
     out_dir.mkdir()

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import optuna
 
-    from nbs_lib.config import UserInputError, configure_mlflow, get_settings, load_spec
+    from nbs_lib.config import UserInputError, check_optuna_storage, configure_mlflow, get_settings, load_spec
     from nbs_lib.processing import features_target, prepare_split
     from nbs_lib.tuning import (
         data_fingerprint,
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         spec = load_spec(settings.spec, settings.project_dir)
+        check_optuna_storage(settings)
         profile = settings.run_profile
         target = args.target_trials or profile.n_trials
         train, _ = prepare_split(settings, spec, Path(tempfile.mkdtemp(prefix="tuner-")))

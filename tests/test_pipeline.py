@@ -211,6 +211,8 @@ def _broken_spec(tmp_path: Path) -> Path:
     ("bad PROFILE", {"PROFILE": "fast"}, 2, "PROFILE='fast'"),
     ("CSV without target", {"DATA": "no_target"}, 2, "has no target column 'NObeyesdad'"),
     ("MLflow server down", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, 2, "does not answer"),
+    ("Optuna database down", {"OPTUNA_STORAGE": "postgresql+psycopg2://mlops:s3cret@127.0.0.1:9/optuna"}, 2,
+     "The Optuna storage at OPTUNA_STORAGE=postgresql+psycopg2://mlops:***@127.0.0.1:9/optuna does not answer"),
     ("notebook fails", {"SPEC": "broken"}, 1, "Notebook 01_eda.ipynb failed in cell"),
 ])
 def test_bad_input_fails_clearly_and_changes_nothing(trained_project, tmp_path, case, extra_env, code, message):
