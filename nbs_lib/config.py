@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
-__all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'UserInputError', 'find_project_dir',
-           'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings', 'FeatureSpec', 'Spec',
-           'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'configure_mlflow',
-           'check_optuna_storage']
+__all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'SQLITE_HEADER', 'UserInputError',
+           'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings',
+           'FeatureSpec', 'Spec', 'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256',
+           'notebook_context', 'configure_mlflow', 'check_sqlite_store', 'check_optuna_storage']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -257,12 +257,31 @@ def configure_mlflow(settings: Settings, spec: Spec) -> str:
     return exp_id
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_sqlite_store(url: str, setting: str) -> None:
+    """A `sqlite:///` store must be an SQLite file, or not exist yet (it is then created): a damaged or foreign file
+    is named with the fix, and left as it is, instead of failing deep inside MLflow or Optuna."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if path is None or str(path).startswith(":memory:") or not path.exists():
+        return
+    if path.is_dir():
+        raise UserInputError(f"{setting}={url} names a folder, not a database file. Set {setting} to a file path.")
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise UserInputError(f"{setting}={url} is not an SQLite database: {path} is damaged or another kind of file. "
+                             f"Restore it from a backup, or move it aside (what it held is then gone) or set {setting} "
+                             "to another store; nothing was changed.")
+
+
 def check_optuna_storage(settings: Settings) -> None:
     """Fail fast, with the fix, when OPTUNA_STORAGE names a database that cannot be reached: the batch run checks
     it before any notebook runs (not in the experiments notebook, after EDA and processing), a tuner before it joins."""
     url = settings.optuna_storage
     if url.startswith("sqlite:"):
-        return
+        return check_sqlite_store(url, "OPTUNA_STORAGE")
     import sqlalchemy
     from sqlalchemy.engine import make_url
 

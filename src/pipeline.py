@@ -32,6 +32,7 @@ from nbs_lib.config import (
     Spec,
     UserInputError,
     check_optuna_storage,
+    check_sqlite_store,
     configure_mlflow,
     get_settings,
     load_spec,
@@ -62,8 +63,10 @@ class PreparedInput:
 
 
 def check_mlflow_reachable(settings: Settings) -> None:
-    """Fail fast, with the fix, when MLFLOW_TRACKING_URI names a server that does not answer."""
+    """Fail fast, with the fix, when MLFLOW_TRACKING_URI names a server that does not answer or a damaged local file."""
     uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:"):
+        return check_sqlite_store(uri, "MLFLOW_TRACKING_URI")
     if not uri.startswith(("http://", "https://")):
         return
     try:

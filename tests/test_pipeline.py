@@ -213,6 +213,8 @@ def _broken_spec(tmp_path: Path) -> Path:
     ("MLflow server down", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, 2, "does not answer"),
     ("Optuna database down", {"OPTUNA_STORAGE": "postgresql+psycopg2://mlops:s3cret@127.0.0.1:9/optuna"}, 2,
      "The Optuna storage at OPTUNA_STORAGE=postgresql+psycopg2://mlops:***@127.0.0.1:9/optuna does not answer"),
+    ("damaged MLflow store", {"MLFLOW_TRACKING_URI": "damaged"}, 2, "mlflow.db is not an SQLite database"),
+    ("damaged Optuna store", {"OPTUNA_STORAGE": "damaged"}, 2, "optuna.db is not an SQLite database"),
     ("notebook fails", {"SPEC": "broken"}, 1, "Notebook 01_eda.ipynb failed in cell"),
 ])
 def test_bad_input_fails_clearly_and_changes_nothing(trained_project, tmp_path, case, extra_env, code, message):
@@ -225,12 +227,19 @@ def test_bad_input_fails_clearly_and_changes_nothing(trained_project, tmp_path, 
         extra_env = {"DATA": str(path)}
     if extra_env.get("SPEC") == "broken":
         extra_env = {"SPEC": str(_broken_spec(tmp_path))}
+    for setting, value in list(extra_env.items()):
+        if value == "damaged":  # a store file overwritten by something else
+            damaged = tmp_path / ("mlflow.db" if setting == "MLFLOW_TRACKING_URI" else "optuna.db")
+            damaged.write_bytes(bytes(range(256)) * 40)
+            extra_env[setting] = f"sqlite:///{damaged}"
     before = project_state(env)
     proc = run_pipeline({**env, **extra_env})
     assert proc.returncode == code, proc.stderr[-3000:]
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert project_state(env) == before
+    for damaged in tmp_path.glob("*.db"):
+        assert damaged.read_bytes() == bytes(range(256)) * 40  # refused, not repaired or replaced
 
 
 def test_pipeline_trains_a_regression_spec_without_code_change(tmp_path):
