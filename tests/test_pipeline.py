@@ -89,7 +89,7 @@ def test_executed_notebooks_land_in_reports_with_outputs(trained_project):
 
 def test_warm_kernel_leaves_no_trace_in_the_executed_notebooks(trained_project):
     """The kernel imported the notebooks' modules before they ran and was reset between them; no copy may show it."""
-    from src.pipeline import KERNEL_SOURCES
+    from src.runner import KERNEL_SOURCES
 
     for name in NOTEBOOKS:
         nb = json.loads((Path(trained_project["REPORTS_DIR"]) / "notebooks" / name).read_text())
@@ -100,7 +100,7 @@ def test_warm_kernel_leaves_no_trace_in_the_executed_notebooks(trained_project):
 
 
 def test_kernel_warm_up_imports_what_every_notebook_imports():
-    from src.pipeline import notebook_modules
+    from src.runner import notebook_modules
 
     eda = notebook_modules(PROJECT_DIR / "notebooks" / "01_eda.ipynb")
     assert {"seaborn", "matplotlib.pyplot", "nbs_lib.data"} <= set(eda) and "__future__" not in eda
@@ -122,7 +122,7 @@ def test_a_notebook_leaves_nothing_to_the_next_in_the_shared_kernel(tmp_path):
     """The second notebook starts as in a fresh kernel: empty namespace, cwd, environment, sys.path, warning
     filters, root logger and rcParams as before the first one, no open figure or MLflow run; only the modules it
     imported stay loaded."""
-    from src.pipeline import NotebookRun
+    from src.runner import NotebookRun
 
     first = ["import os, sys, warnings, logging, colorsys\nimport matplotlib\nimport matplotlib.pyplot as plt\n"
              "leak = 1\nos.environ['LEAK'] = '1'\nos.chdir('/')\nsys.path.append('/leak')\n"
@@ -149,7 +149,7 @@ def test_a_notebook_leaves_nothing_to_the_next_in_the_shared_kernel(tmp_path):
 
 
 def test_a_failing_notebook_stops_the_notebooks_after_it(tmp_path):
-    from src.pipeline import NotebookFailed, NotebookRun
+    from src.runner import NotebookFailed, NotebookRun
 
     names = _notebooks(tmp_path / "notebooks", {"a.ipynb": ["1 / 0"], "b.ipynb": ["open('ran', 'w')"]})
     (tmp_path / "out").mkdir()
@@ -269,7 +269,7 @@ def test_pipeline_on_real_training_data_reaches_target_accuracy(tmp_path):
 
 
 def test_a_kernel_that_dies_is_a_clear_notebook_failure(tmp_path):
-    from src.pipeline import NotebookFailed, execute_notebook
+    from src.runner import NotebookFailed, execute_notebook
 
     _notebooks(tmp_path / "notebooks", {"dies.ipynb": ["import os\nos._exit(1)  # as the OOM killer would"]})
     settings = get_settings(project_dir=tmp_path)
@@ -321,7 +321,8 @@ def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(signum, trained_proje
 
 
 def test_an_interrupted_run_names_the_version_it_promoted_if_it_got_that_far(project_env):
-    from src.pipeline import RunInterrupted, interrupted_message, promoted_by
+    from src.pipeline import interrupted_message, promoted_by
+    from src.runner import RunInterrupted
 
     settings = get_settings()
     spec = load_spec(settings.spec, settings.project_dir)
