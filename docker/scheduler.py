@@ -203,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("stopping: waiting up to %.0f s for running jobs", grace_s)
         stop_jobs(jobs, grace_s, forward=bool(terminated))
-        return jobs[0].proc.returncode if args.run_now and jobs[0].proc else 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        if args.run_now and jobs[0].proc is not None:
+            return jobs[0].proc.returncode  # the job's own status, as without the signal
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
