@@ -38,8 +38,8 @@ validate: $(STAMP) ## check a CSV against the spec's data contract [DATA=path SP
 export: $(STAMP) ## regenerate nbs_lib/ from the notebooks and strip notebook outputs
 	$(VENV)/bin/nbdev-export && $(VENV)/bin/nbdev-clean
 
-lint: $(STAMP) ## ruff over src/, tests/ and the generated library
-	$(VENV)/bin/ruff check src tests nbs_lib
+lint: $(STAMP) ## ruff over src/, tests/, docker/ and the generated library
+	$(VENV)/bin/ruff check src tests nbs_lib docker
 
 bench-pipeline: $(STAMP) ## papermill run vs the same notebook code run in one plain Python process [DATA= PROFILE=]
 	$(RUN_ENV) $(PY) -m src.bench.pipeline
