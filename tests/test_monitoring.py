@@ -173,6 +173,29 @@ def test_a_large_labelled_set_is_sampled_stratified_and_scored_by_the_champion(p
     assert published(reports, s["run"]) == ["data_drift.html", "data_summary.html", "performance.html", "summary.json"]
 
 
+def test_sigterm_during_a_drift_check_publishes_nothing_and_says_so(isolated, reports, synthetic, monkeypatch, capsys):
+    """docker stop (or the scheduler passing SIGTERM on) mid-check: exit 143 with one paragraph, no partial report."""
+    import os
+    import signal
+    import threading
+
+    def slow_monitor(*args, **kwargs):  # the check is busy when the signal lands
+        time.sleep(10)
+        return monitor_sources(*args, **kwargs)
+
+    monitor_sources = monitor.monitor_sources
+    monkeypatch.setattr(monitor, "monitor_sources", slow_monitor)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    status, result = monitor.run(["--current", str(synthetic["drifted"]), "--reference", str(synthetic["reference"])])
+    assert (status, result) == (143, None)
+    assert time.monotonic() - started < 5
+    assert "SIGTERM: the drift check was stopped." in capsys.readouterr().err
+    assert not reports.exists() or not any(reports.iterdir())
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the handler is gone with the check
+
+
 @pytest.mark.parametrize("case, pipeline_status, expected_status, pipeline_runs", [
     ("drifted", 0, 0, 1), ("drifted", 1, 1, 1), ("same", 0, 0, 0), ("missing.csv", 0, 2, 0)])
 def test_retrain_if_drift_runs_the_pipeline_only_when_drift_crossed_the_threshold(

@@ -4,7 +4,8 @@ CURRENT is a CSV/parquet, a prediction-log .db, or empty for the API's predictio
 DRIFT_WINDOW_HOURS. REFERENCE defaults to the champion's training snapshot. HTML reports and summary.json go to
 reports/monitoring/<timestamp>/ and reports/monitoring/latest points at them.
 
-Exit status: 0 no dataset drift, 1 drift crossed DRIFT_SHARE_THRESHOLD, 2 the input or settings are wrong (nothing written).
+Exit status: 0 no dataset drift, 1 drift crossed DRIFT_SHARE_THRESHOLD, 2 the input or settings are wrong (nothing written),
+130/143 stopped by Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from nbs_lib.config import UserInputError, get_settings, load_spec
 from nbs_lib.drift import MonitorResult, get_drift_settings, monitor_sources
 from src.pipeline import check_mlflow_reachable
+from src.signals import sigterm_as_interrupt
 
 NO_DRIFT, DRIFT, USER_ERROR = 0, 1, 2
 
@@ -64,16 +66,22 @@ def run(argv: list[str] | None = None) -> tuple[int, MonitorResult | None]:
     """Parse, monitor, publish and print; returns the exit status and the result."""
     args = parser().parse_args(argv)
     try:
-        settings = get_settings(spec=args.spec)
-        spec = load_spec(settings.spec, settings.project_dir)
-        cfg = get_drift_settings()
-        check_mlflow_reachable(settings)
-        root = settings.reports_dir / "monitoring"
-        result = monitor_sources(settings, spec, cfg, args.current, args.reference, args.since or None,
-                                 args.until or None, out_root=root)
+        with sigterm_as_interrupt() as stop:
+            settings = get_settings(spec=args.spec)
+            spec = load_spec(settings.spec, settings.project_dir)
+            cfg = get_drift_settings()
+            check_mlflow_reachable(settings)
+            root = settings.reports_dir / "monitoring"
+            result = monitor_sources(settings, spec, cfg, args.current, args.reference, args.since or None,
+                                     args.until or None, out_root=root)
     except UserInputError as e:
         print(f"\nerror: {e}\n", file=sys.stderr)
         return USER_ERROR, None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from docker stop / the scheduler
+        print(f"\n{stop.name}: the drift check was stopped. A run's reports are published whole, in one step at the "
+              "end, so reports/monitoring/latest is still the previous run (or this one, complete, if it got that "
+              "far).\n", file=sys.stderr)
+        return stop.exit_code, None
     print(describe(result, str(root / result.summary["run"])))
     return (DRIFT if result.drift_detected else NO_DRIFT), result
 
