@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'SQLITE_HEADER', 'UserInputError',
            'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings',
            'FeatureSpec', 'Spec', 'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256',
-           'notebook_context', 'configure_mlflow', 'check_sqlite_store', 'check_optuna_storage']
+           'notebook_context', 'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store', 'check_optuna_storage']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -274,6 +274,27 @@ def check_sqlite_store(url: str, setting: str) -> None:
         raise UserInputError(f"{setting}={url} is not an SQLite database: {path} is damaged or another kind of file. "
                              f"Restore it from a backup, or move it aside (what it held is then gone) or set {setting} "
                              "to another store; nothing was changed.")
+
+
+def check_mlflow_store(settings: Settings) -> None:
+    """Fail fast, with the fix, when MLFLOW_TRACKING_URI names a server that does not answer or a damaged local file:
+    the batch run, a tuner and the drift check call this before they do any work."""
+    import urllib.error
+    import urllib.request
+
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:"):
+        return check_sqlite_store(uri, "MLFLOW_TRACKING_URI")
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+            r.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise UserInputError(
+            f"The MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({getattr(e, 'reason', e)}). "
+            "Start it (e.g. `make up` or `mlflow server`), or unset MLFLOW_TRACKING_URI to use the local "
+            f"store sqlite:///models/mlflow.db.") from e
 
 
 def check_optuna_storage(settings: Settings) -> None:

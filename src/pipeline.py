@@ -20,8 +20,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +27,8 @@ from nbs_lib.config import (
     Settings,
     Spec,
     UserInputError,
+    check_mlflow_store,
     check_optuna_storage,
-    check_sqlite_store,
     configure_mlflow,
     get_settings,
     load_spec,
@@ -46,23 +44,6 @@ class PreparedInput:
     raw_path: Path
     sha256: str
     rows: int
-
-
-def check_mlflow_reachable(settings: Settings) -> None:
-    """Fail fast, with the fix, when MLFLOW_TRACKING_URI names a server that does not answer or a damaged local file."""
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:"):
-        return check_sqlite_store(uri, "MLFLOW_TRACKING_URI")
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-            r.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise UserInputError(
-            f"The MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({getattr(e, 'reason', e)}). "
-            "Start it (e.g. `make up` or `mlflow server`), or unset MLFLOW_TRACKING_URI to use the local "
-            f"store sqlite:///models/mlflow.db.") from e
 
 
 def prepare_input(settings: Settings, spec: Spec, staging: Path) -> PreparedInput:
@@ -124,7 +105,7 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
     timings = {} if timings is None else timings
     started = time.perf_counter()
     spec = load_spec(settings.spec, settings.project_dir)
-    check_mlflow_reachable(settings)
+    check_mlflow_store(settings)
     check_optuna_storage(settings)
     staging = Path(tempfile.mkdtemp(prefix="pipeline-"))
     out_dir, work_dir = staging / "notebooks", staging / "work"

@@ -31,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import optuna
 
-    from nbs_lib.config import UserInputError, check_optuna_storage, configure_mlflow, get_settings, load_spec
+    from nbs_lib.config import (
+        UserInputError,
+        check_mlflow_store,
+        check_optuna_storage,
+        configure_mlflow,
+        get_settings,
+        load_spec,
+    )
     from nbs_lib.processing import features_target, prepare_split
     from nbs_lib.tuning import (
         data_fingerprint,
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = get_settings()
         spec = load_spec(settings.spec, settings.project_dir)
         check_optuna_storage(settings)
+        if not args.no_mlflow:
+            check_mlflow_store(settings)
         profile = settings.run_profile
         target = args.target_trials or profile.n_trials
         train, _ = prepare_split(settings, spec, Path(tempfile.mkdtemp(prefix="tuner-")))

@@ -15,9 +15,8 @@ import logging
 import os
 import sys
 
-from nbs_lib.config import UserInputError, get_settings, load_spec
+from nbs_lib.config import UserInputError, check_mlflow_store, get_settings, load_spec
 from nbs_lib.drift import MonitorResult, get_drift_settings, monitor_sources
-from src.pipeline import check_mlflow_reachable
 from src.signals import sigterm_as_interrupt
 
 NO_DRIFT, DRIFT, USER_ERROR = 0, 1, 2
@@ -70,7 +69,7 @@ def run(argv: list[str] | None = None) -> tuple[int, MonitorResult | None]:
             settings = get_settings(spec=args.spec)
             spec = load_spec(settings.spec, settings.project_dir)
             cfg = get_drift_settings()
-            check_mlflow_reachable(settings)
+            check_mlflow_store(settings)
             root = settings.reports_dir / "monitoring"
             result = monitor_sources(settings, spec, cfg, args.current, args.reference, args.since or None,
                                      args.until or None, out_root=root)
