@@ -10,7 +10,8 @@ from src.bench.model import paired_gain
 
 
 def test_the_gain_is_the_mean_fold_by_fold_difference_with_the_corrected_resampled_t_interval():
-    # two folds of 5-fold CV: differences 0.01 and 0.03, variance 2e-4, corrected by 1/2 + 1/(5-1), t(0.975, df=1) = 12.706
+    # two folds of 5-fold CV: differences 0.01 and 0.03, variance 2e-4, corrected by 1/2 + 1/(5-1);
+    # t(0.975, df=1) = 12.706
     gain, low, high = paired_gain([0.91, 0.93], [0.90, 0.90], folds=5)
     half = 12.7062047 * math.sqrt((1 / 2 + 1 / 4) * 2e-4)
     assert gain == pytest.approx(0.02)

@@ -2,12 +2,13 @@
 
 The search scores configurations by k-fold CV on the training split (the holdout stays unseen for the gate). This
 benchmark re-scores the registered champion (cloned, so refit on every fold) with one protocol for every model:
-stratified 5-fold CV over all labelled rows of DATA, repeated with 3 different shuffles (which rows share a fold
-moves a 5-fold mean by about 0.003 on obesity_train.csv), the same folds for each model. The baselines are LightGBM
-with its library defaults, once in a plain sklearn Pipeline (one-hot encoding, nothing derived) and once in the
-project's pipeline (with the spec's derived features). Prints each model's mean per repeat, overall mean, and its
-gain over the plain defaults with a 95% interval: the folds' paired differences under Nadeau and Bengio's corrected
-resampled t-test, since folds that share training rows make the plain standard error far too small.
+stratified 5-fold CV over all labelled rows of DATA, repeated with 3 different shuffles by default (REPEATS=; which
+rows share a fold moves a 5-fold mean by about 0.003 on obesity_train.csv), the same folds for each model. The
+baselines are LightGBM with its library defaults, once in a plain sklearn Pipeline (one-hot encoding, nothing
+derived) and once in the project's pipeline (with the spec's derived features). Prints each model's mean per repeat,
+overall mean, and its gain over the plain defaults with a 95% interval: the folds' paired differences under Nadeau
+and Bengio's corrected resampled t-test, since folds that share training rows make the plain standard error far too
+small.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def fold_scores(model, X, y, spec, folds: int, repeats: int, seed: int) -> list[
 
 def paired_gain(scores: list[float], base: list[float], folds: int, greater_is_better: bool = True,
                 level: float = 0.95) -> tuple[float, float, float]:
-    """Mean gain of `scores` over `base` (fold by fold, same folds; positive is better) and its `level` interval, by the corrected
-    resampled t-test (Nadeau & Bengio 2003): the variance of the mean difference is scaled by 1/J + n_test/n_train
-    (1/(folds-1) for k-fold) instead of 1/J, because the J fits overlap in their training rows."""
+    """Mean gain of `scores` over `base` (fold by fold, same folds; positive is better) and its `level` interval by
+    the corrected resampled t-test (Nadeau & Bengio 2003): the variance of the mean difference is scaled by
+    1/J + n_test/n_train (1/(folds-1) for k-fold) instead of 1/J, because the J fits overlap in their training rows."""
     from scipy import stats
 
     diff = (np.asarray(scores, float) - np.asarray(base, float)) * (1 if greater_is_better else -1)
@@ -69,7 +70,8 @@ def paired_gain(scores: list[float], base: list[float], folds: int, greater_is_b
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="k-fold CV this many times, each with other folds (more repeats, narrower interval)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="k-fold CV this many times, each with other folds (more repeats: a narrower interval)")
     args = parser.parse_args(argv)
 
     import mlflow
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             diff, low, high = paired_gain(scores, base, args.folds, spec.greater_is_better)
             gain = f"  gain {diff:+.4f} over plain defaults (95% CI {low:+.4f} to {high:+.4f})"
-        print(f"{name:42s} mean {mean:.4f} (5-fold means {' '.join(f'{m:.4f}' for m in per_repeat)})"
+        print(f"{name:42s} mean {mean:.4f} ({args.folds}-fold means {' '.join(f'{m:.4f}' for m in per_repeat)})"
               f"  {time.perf_counter() - started:4.0f} s{gain}", flush=True)
     return 0
 
