@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import signal
@@ -128,6 +129,22 @@ def start(job: Job) -> None:
     job.proc, job.started = subprocess.Popen(job.command), time.monotonic()
 
 
+def stop_grace_from_env(env: dict[str, str]) -> float:
+    """SCHEDULER_STOP_GRACE_S in seconds (unset or empty: the default); a ValueError that says what to set for
+    anything but a finite number >= 0, at start, not when a stop comes."""
+    text = env.get("SCHEDULER_STOP_GRACE_S", "").strip()
+    if not text:
+        return STOP_GRACE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"SCHEDULER_STOP_GRACE_S={text!r} is not a number of seconds >= 0; set it in .env to a number "
+                         f"under the scheduler's stop_grace_period (30 s), or leave it empty for {STOP_GRACE_S:.0f}")
+    return seconds
+
+
 def stop_jobs(jobs: list[Job], grace_s: float, forward: bool = True) -> None:
     """Pass SIGTERM on to the running jobs (`forward`; Ctrl-C in a terminal has reached them already) and wait up to
     `grace_s` for them; SIGKILL what is left.
@@ -176,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     except ScheduleError as e:
         print(f"error: {e}. Fix PIPELINE_SCHEDULE / DRIFT_SCHEDULE in .env.", file=sys.stderr)
         return 2
+    try:
+        grace_s = stop_grace_from_env(dict(os.environ))
+    except ValueError as e:
+        print(f"error: {e}.", file=sys.stderr)
+        return 2
     if args.check:
         for job in jobs:
             print(f"{job.name}: {job.cron.expr!r} next {job.cron.next_after(datetime.now(UTC)):%Y-%m-%d %H:%M} UTC: "
@@ -194,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    grace_s = float(os.environ.get("SCHEDULER_STOP_GRACE_S", STOP_GRACE_S))
     try:
         if args.run_now:
             start(jobs[0])

@@ -209,7 +209,8 @@ def test_environment_names_are_settings_the_code_reads(services):
 
     fields = {f.upper() for f in Settings.model_fields} | {f"DRIFT_{f.upper()}" for f in DriftSettings.model_fields}
     read_by = {"api": {f.upper() for f in ServingSettings.model_fields} | {"WEB_CONCURRENCY"},  # uvicorn's workers
-               "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND"}, "jupyter": {"JUPYTER_TOKEN", "HOME"}}
+               "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND", "SCHEDULER_STOP_GRACE_S"},
+               "jupyter": {"JUPYTER_TOKEN", "HOME"}}
     for name in SERVICES - {"postgres", "mlflow"}:
         unknown = set(environment(services[name])) - fields - read_by.get(name, set())
         assert unknown == set(), f"{name}: nothing reads {unknown}"
@@ -313,6 +314,20 @@ def test_bad_schedule_is_refused_with_the_field_named(scheduler):
         scheduler.Cron.parse("0 0 31 2 *").next_after(datetime(2026, 1, 1))
 
 
+def test_stop_grace_comes_from_env_and_a_bad_value_is_refused_at_start(scheduler):
+    assert scheduler.stop_grace_from_env({}) == scheduler.STOP_GRACE_S
+    assert scheduler.stop_grace_from_env({"SCHEDULER_STOP_GRACE_S": " "}) == scheduler.STOP_GRACE_S
+    assert scheduler.stop_grace_from_env({"SCHEDULER_STOP_GRACE_S": "12.5"}) == 12.5
+    for bad in ("25s", "-1", "nan", "inf"):
+        with pytest.raises(ValueError, match=rf"SCHEDULER_STOP_GRACE_S='{bad}' is not a number of seconds >= 0"):
+            scheduler.stop_grace_from_env({"SCHEDULER_STOP_GRACE_S": bad})
+    done = subprocess.run([sys.executable, str(PROJECT_DIR / "docker" / "scheduler.py"), "--run-now", "drift"],
+                          env={**os.environ, "SCHEDULER_STOP_GRACE_S": "25s"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: SCHEDULER_STOP_GRACE_S='25s' is not a number of seconds >= 0; set it in .env")
+
+
 def test_empty_schedule_disables_a_job_and_commands_can_be_replaced(scheduler):
     jobs = scheduler.jobs_from_env({"DRIFT_SCHEDULE": "off", "PIPELINE_COMMAND": "make pipeline PROFILE=full"})
     assert [(j.name, j.command) for j in jobs] == [("pipeline", ["make", "pipeline", "PROFILE=full"])]
@@ -375,4 +390,6 @@ def test_batch_services_get_time_to_stop_cleanly(services, scheduler):
     for name in ("tuner", "pipeline", "scheduler"):
         period = services[name]["stop_grace_period"]
         assert re.fullmatch(r"\d+s", period) and int(period[:-1]) >= 30, (name, period)
-    assert scheduler.STOP_GRACE_S < int(services["scheduler"]["stop_grace_period"][:-1])
+    period = int(services["scheduler"]["stop_grace_period"][:-1])
+    assert scheduler.STOP_GRACE_S < period
+    assert float(environment(services["scheduler"])["SCHEDULER_STOP_GRACE_S"]) < period  # as set through .env
