@@ -1,4 +1,4 @@
-# Notebook-first ML: `make help` lists the targets. Variables: DATA=path.csv PROFILE=smoke|full SPEC=specs/x.yaml
+# Notebook-first ML: `make help` lists the targets. Variables: DATA=path.csv PROFILE=smoke|full SPEC=specs/x.yaml TARGET=col
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -34,6 +34,12 @@ test: $(STAMP) ## run every test: nbdev notebook tests, pipeline, gate, model be
 
 validate: $(STAMP) ## check a CSV against the spec's data contract [DATA=path SPEC= POLICY=training|current]
 	$(RUN_ENV) $(PY) -m src.validate $(if $(POLICY),--policy $(POLICY))
+
+spec: $(STAMP) ## draft specs/<name>.yaml from a CSV: kinds, ranges, levels, ids, task, metric, guesses commented [DATA= TARGET= TASK= NAME= OUT= FORCE=1]
+	$(PY) -m src.spec --data "$(DATA)" --target "$(TARGET)" --task "$(TASK)" --name "$(NAME)" --out "$(OUT)" $(if $(filter 1 yes true,$(FORCE)),--force)
+
+example-data: $(STAMP) ## write scikit-learn's diabetes, breast_cancer, wine and iris to data/examples/*.csv (specs in specs/examples/)
+	$(PY) -m src.examples
 
 export: $(STAMP) ## regenerate nbs_lib/ from the notebooks and strip notebook outputs
 	$(VENV)/bin/nbdev-export && $(VENV)/bin/nbdev-clean
@@ -93,4 +99,4 @@ bench-tuners: ## time the shared Optuna study with 1 vs 3 tuner containers (real
 clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
 	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation reports/monitoring
 
-.PHONY: help install pipeline test validate export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve
+.PHONY: help install pipeline test validate spec example-data export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve

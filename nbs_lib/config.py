@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
-__all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'SQLITE_HEADER', 'UserInputError',
-           'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings',
-           'FeatureSpec', 'Spec', 'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256',
-           'notebook_context', 'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store', 'check_optuna_storage']
+__all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'RESERVED_COLUMNS', 'SQLITE_HEADER',
+           'UserInputError', 'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings',
+           'get_settings', 'as_levels', 'FeatureSpec', 'Spec', 'resolve_spec_path', 'available_specs', 'load_spec',
+           'spec_sha256', 'notebook_context', 'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store',
+           'check_optuna_storage']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -126,15 +127,45 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1_macro")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
+RESERVED_COLUMNS = ("prediction", "timestamp", "model_version")   # added beside the features by the prediction log
+
+
+def as_levels(values: list | None, where: str) -> list[str] | None:
+    """Levels as the strings a CSV cell holds: `[0, 1, 2]` and `["0", "1", "2"]` mean the same. A YAML boolean
+    (`no`, `yes`, `off` unquoted) is refused, since the CSV holds the word, not `False`."""
+    if values is None:
+        return None
+    if not isinstance(values, list):
+        raise ValueError(f"{where} must be a list of levels, e.g. [low, high]")
+    out = []
+    for v in values:
+        if isinstance(v, bool):
+            raise ValueError(f"{where} has the YAML boolean {v}: write the level in quotes as it appears in the CSV "
+                             "(e.g. \"no\", \"yes\")")
+        if v is None or isinstance(v, (list, dict)):
+            raise ValueError(f"{where} has {v!r}, which is not a level; levels are words or numbers")
+        out.append(str(v))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where} lists a level twice: {sorted({v for v in out if out.count(v) > 1})}")
+    return out
 
 
 class FeatureSpec(BaseModel):
-    "One input column: numeric with an inclusive range, or categorical with its allowed levels."
+    """One input column: numeric with an inclusive range, or categorical with its allowed levels. `nullable` lets
+    cells be empty (true: any share; a number: at most that share), `description` and `unit` explain the feature
+    to people (API docs, the web form)."""
     model_config = ConfigDict(extra="forbid")
     kind: Literal["numeric", "categorical"]
     min: float | None = None
     max: float | None = None
     levels: list[str] | None = None
+    nullable: bool | float = False
+    description: str = ""
+    unit: str = ""
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels_as_text(cls, v): return as_levels(v, "levels")
 
     @model_validator(mode="after")
     def _check_kind(self) -> FeatureSpec:
@@ -142,9 +173,18 @@ class FeatureSpec(BaseModel):
             raise ValueError("a categorical feature needs `levels`")
         if self.kind == "numeric" and self.levels:
             raise ValueError("a numeric feature takes `min`/`max`, not `levels`")
+        if self.kind == "categorical" and (self.min is not None or self.max is not None):
+            raise ValueError("a categorical feature takes `levels`, not `min`/`max`")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
+        if not isinstance(self.nullable, bool) and not 0 < self.nullable <= 1:
+            raise ValueError(f"nullable is true, false or the largest share of empty cells (0 < share <= 1), not {self.nullable}")
         return self
+
+    @property
+    def max_null_share(self) -> float:
+        "The share of empty cells the data contract accepts: 0 unless the feature is nullable."
+        return (1.0 if self.nullable else 0.0) if isinstance(self.nullable, bool) else float(self.nullable)
 
 
 class Spec(BaseModel):
@@ -158,21 +198,37 @@ class Spec(BaseModel):
     id_columns: list[str] = []
     model_name: str
     primary_metric: str
-    min_rows: int = 50
+    min_rows: int = Field(50, ge=10)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    features: dict[str, FeatureSpec]
+    features: dict[str, FeatureSpec] = Field(min_length=1)
     derived_features: dict[str, str] = {}
     synthetic: dict | None = None
+
+    @field_validator("target_levels", mode="before")
+    @classmethod
+    def _target_levels_as_text(cls, v): return as_levels(v, "target_levels")
 
     @model_validator(mode="after")
     def _check_task(self) -> Spec:
         allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
         if self.primary_metric not in allowed:
             raise ValueError(f"primary_metric {self.primary_metric!r} does not fit a {self.task} task; use one of {allowed}")
-        if self.task == "classification" and not self.target_levels:
-            raise ValueError("a classification spec needs `target_levels`")
+        if self.task == "classification" and len(self.target_levels or []) < 2:
+            raise ValueError("a classification spec needs `target_levels`, at least two")
+        if self.task == "regression" and self.target_levels:
+            raise ValueError("a regression spec has no `target_levels` (set task: classification if the target is a class)")
         if self.target in self.features:
             raise ValueError(f"the target {self.target!r} is also listed as a feature")
+        clash = [c for c in self.id_columns if c in self.features or c == self.target]
+        if clash:
+            raise ValueError(f"id_columns {clash} are also the target or a feature; an id column carries no signal and is dropped")
+        clash = [c for c in self.derived_features if c in self.features or c == self.target]
+        if clash:
+            raise ValueError(f"derived_features {clash} reuse the name of an input column; give them new names")
+        clash = [c for c in [*self.features, *self.derived_features, self.target] if c in RESERVED_COLUMNS]
+        if clash:
+            raise ValueError(f"{clash} name columns the prediction log and the drift monitor add ({', '.join(RESERVED_COLUMNS)}); "
+                             "rename them in the CSV and the spec")
         return self
 
     @property
@@ -180,6 +236,9 @@ class Spec(BaseModel):
 
     @property
     def categorical_features(self) -> list[str]: return [c for c, f in self.features.items() if f.kind == "categorical"]
+
+    @property
+    def nullable_features(self) -> list[str]: return [c for c, f in self.features.items() if f.max_null_share > 0]
 
     @property
     def feature_names(self) -> list[str]: return list(self.features)

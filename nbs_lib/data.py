@@ -20,8 +20,8 @@ import pandas as pd
 from .config import Settings, Spec, UserInputError
 
 # %% auto #0
-__all__ = ['generate_synthetic', 'read_table', 'require_target', 'file_sha256', 'ingest_raw', 'write_synthetic_csv',
-           'load_raw_frame']
+__all__ = ['generate_synthetic', 'read_csv_table', 'read_table', 'require_target', 'file_sha256', 'ingest_raw',
+           'write_synthetic_csv', 'load_raw_frame']
 
 # %% ../notebooks/00_data.ipynb #8ccb7418
 def _draw_column(name: str, rule: dict, feature, rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,8 +47,38 @@ def _finish_numeric(df: pd.DataFrame, spec: Spec, rules: dict) -> pd.DataFrame:
     return df
 
 
+def _labels(score: np.ndarray, spec: Spec, target: dict) -> np.ndarray:
+    """Class labels cut from the score: at the spec's `bins`, or at the quantiles that give each level its `shares`
+    (e.g. [0.95, 0.05] for a rare positive class)."""
+    levels = np.asarray(spec.target_levels, dtype=object)
+    if "shares" in target:
+        shares = np.asarray(target["shares"], dtype=float)
+        if len(shares) != len(levels) or (shares <= 0).any():
+            raise UserInputError(f"Spec {spec.name!r}: synthetic.target.shares needs one positive share per target level "
+                                 f"({len(levels)}), it has {list(shares)}.")
+        bins = np.quantile(score, np.cumsum(shares / shares.sum())[:-1])
+    else:
+        bins = target.get("bins", [])
+        if len(bins) != len(levels) - 1:
+            raise UserInputError(f"Spec {spec.name!r}: synthetic.target.bins needs {len(levels) - 1} cut points "
+                                 f"(one fewer than target_levels), it has {len(bins)}; or give `shares`.")
+    return levels[np.digitize(score, bins)]
+
+
+def _blank_cells(df: pd.DataFrame, spec: Spec, rules: dict, rng: np.random.Generator) -> pd.DataFrame:
+    "Empty the share of cells a column's `null_share` asks for (a nullable feature's missing values)."
+    for name, rule in rules.items():
+        share = float(rule.get("null_share", 0))
+        if share > 0 and name in df:
+            blank = rng.random(len(df)) < share
+            df[name] = df[name].astype(object).where(~blank, None) if spec.features[name].kind == "categorical" \
+                else df[name].where(~blank, np.nan)
+    return df
+
+
 def generate_synthetic(spec: Spec, rows: int | None = None, seed: int | None = None) -> pd.DataFrame:
-    "A synthetic dataset with the spec's columns, ranges, level mixes and a target derived from the features."
+    """A synthetic dataset with the spec's columns, ranges, level mixes and a target derived from the features.
+    The target is computed from complete rows; `null_share` then empties cells, as data goes missing after the fact."""
     cfg = spec.synthetic or {}
     rows = int(rows or cfg.get("rows", 2000))
     rng = np.random.default_rng(cfg.get("seed", 0) if seed is None else seed)
@@ -63,24 +93,17 @@ def generate_synthetic(spec: Spec, rows: int | None = None, seed: int | None = N
     target = cfg.get("target")
     if target is None:
         raise UserInputError(f"Spec {spec.name!r} has no `synthetic.target`, so it cannot generate data; pass DATA=<csv> instead.")
-    score = df.eval(target["expression"]).to_numpy(dtype=float) + rng.normal(0, target.get("noise_std", 0.0), rows)
-    if spec.task == "classification":
-        bins = target["bins"]
-        if len(bins) != len(spec.target_levels) - 1:
-            raise UserInputError(f"Spec {spec.name!r}: synthetic.target.bins needs {len(spec.target_levels) - 1} cut points "
-                                 f"(one fewer than target_levels), it has {len(bins)}.")
-        y = np.asarray(spec.target_levels, dtype=object)[np.digitize(score, bins)]
-    else:
-        y = np.round(score, 2)
-    out = df[spec.feature_names].copy()
+    score = np.asarray(df.eval(target["expression"]), dtype=float) * np.ones(rows) + rng.normal(0, target.get("noise_std", 0.0), rows)
+    y = _labels(score, spec, target) if spec.task == "classification" else np.round(score, 2)
+    out = _blank_cells(df[spec.feature_names].copy(), spec, rules, rng)
     out.insert(len(out.columns), spec.target, y)
     for i, id_col in enumerate(spec.id_columns):
-        out.insert(i, id_col, np.arange(rows))
+        out.insert(i, id_col, np.arange(rows) if i == 0 else [f"{id_col}-{k:05d}" for k in range(rows)])
     return out
 
 # %% ../notebooks/00_data.ipynb #3e89dbdd
-def _sniff_problem(path: Path, head: bytes, spec: Spec) -> str | None:
-    "Why the first bytes of `path` are not a comma-separated UTF-8 table with a header and rows, or None."
+def _sniff_problem(head: bytes, one_column_ok: bool = False) -> str | None:
+    "Why these first bytes of a file are not a comma-separated UTF-8 table with a header and rows, or None."
     if not head.strip():
         return "is empty"
     if b"\x00" in head:
@@ -97,17 +120,17 @@ def _sniff_problem(path: Path, head: bytes, spec: Spec) -> str | None:
         for sep, sep_name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
             if sep in header:
                 return f"uses {sep_name} as the delimiter; this project reads comma-separated files"
-        if len(spec.features) > 1:
+        if not one_column_ok:
             return "has a single column, so it is not a comma-separated table"
     if len(lines) < 2:
         return "has a header but no data rows"
     return None
 
 
-def read_table(path: str | Path, spec: Spec) -> pd.DataFrame:
-    "Read a CSV as a DataFrame of strings and numbers, or raise `UserInputError` saying why it is not a table."
+def read_csv_table(path: str | Path, fix: str, dtype: dict | type | None = None, one_column_ok: bool = False) -> pd.DataFrame:
+    """Read any CSV (no spec needed) as a DataFrame, or raise `UserInputError` saying why it is not a table;
+    `fix` ends each message (what the user should pass instead), `dtype` goes to `pd.read_csv`."""
     path = Path(path)
-    fix = f"Pass DATA=<path to a comma-separated UTF-8 CSV with a header row and the columns of {spec.name!r}>, or leave DATA unset to use generated data."
     if not path.exists():
         raise UserInputError(f"DATA file {path} does not exist. {fix}")
     if path.is_dir():
@@ -117,18 +140,26 @@ def read_table(path: str | Path, spec: Spec) -> pd.DataFrame:
             head = fh.read(64 * 1024)
     except OSError as e:
         raise UserInputError(f"DATA file {path} cannot be read ({e.strerror}). Check its permissions. {fix}") from e
-    problem = _sniff_problem(path, head, spec)
+    problem = _sniff_problem(head, one_column_ok)
     if problem:
         raise UserInputError(f"DATA file {path} {problem}. {fix}")
-    dtypes = {c: "string" for c in spec.categorical_features + spec.id_columns}
-    if spec.task == "classification":
-        dtypes[spec.target] = "string"
     try:
-        df = pd.read_csv(path, dtype=dtypes, skipinitialspace=True, encoding="utf-8")
+        df = pd.read_csv(path, dtype=dtype, skipinitialspace=True, encoding="utf-8")
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as e:
         raise UserInputError(f"DATA file {path} could not be parsed as CSV ({str(e).splitlines()[0]}). {fix}") from e
     df.columns = [str(c).strip() for c in df.columns]
-    df = df.astype({c: object for c in df.columns if str(df[c].dtype) == "string"})
+    for c in [c for c in df.columns if str(df[c].dtype) in ("string", "str")]:
+        df[c] = df[c].astype(object).where(df[c].notna(), np.nan)   # an empty cell is NaN as in numeric columns, not pd.NA
+    return df
+
+
+def read_table(path: str | Path, spec: Spec) -> pd.DataFrame:
+    "Read a CSV as a DataFrame of strings and numbers, or raise `UserInputError` saying why it is not a table."
+    fix = f"Pass DATA=<path to a comma-separated UTF-8 CSV with a header row and the columns of {spec.name!r}>, or leave DATA unset to use generated data."
+    dtypes = {c: "string" for c in spec.categorical_features + spec.id_columns}
+    if spec.task == "classification":
+        dtypes[spec.target] = "string"
+    df = read_csv_table(path, fix, dtypes, one_column_ok=len(spec.features) <= 1)
     return _parse_mixed_numeric(df, spec)
 
 

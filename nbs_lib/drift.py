@@ -102,14 +102,19 @@ def column_roles(spec: Spec, columns) -> dict:
 
 
 def data_definition(spec: Spec, roles: dict):
-    "The Evidently `DataDefinition` for these roles: a classification or regression task when target and prediction exist."
-    from evidently import DataDefinition, MulticlassClassification, Regression
+    """The Evidently `DataDefinition` for these roles: a classification or regression task when target and prediction
+    exist. Two levels are a binary task whose positive class is the spec's last (highest) level: Evidently's default
+    positive label is the integer 1, which text labels ("0"/"1", "no"/"yes") never equal."""
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
     extra = [c for c in (roles["target"], roles["prediction"]) if c]
     numeric, categorical = list(roles["numeric"]), list(roles["categorical"])
     (categorical if spec.task == "classification" else numeric).extend(extra)
     task = {}
     if roles["target"] and roles["prediction"]:
-        task = ({"classification": [MulticlassClassification(target=roles["target"], prediction_labels=roles["prediction"])]}
+        labels = {"target": roles["target"], "prediction_labels": roles["prediction"]}
+        binary = len(spec.target_levels or []) == 2
+        task = ({"classification": [BinaryClassification(**labels, pos_label=spec.target_levels[-1]) if binary
+                                    else MulticlassClassification(**labels)]}
                 if spec.task == "classification" else
                 {"regression": [Regression(target=roles["target"], prediction=roles["prediction"])]})
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical, **task)

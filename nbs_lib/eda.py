@@ -26,23 +26,26 @@ def target_summary(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
 # %% ../notebooks/01_eda.ipynb #e2be9992
 def numeric_summary(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     "Range, centre, spread and missing share of each numeric feature, beside the range the spec allows."
-    num = df[spec.numeric_features].apply(pd.to_numeric, errors="coerce")
-    out = num.describe().T[["mean", "std", "min", "50%", "max"]]
+    num = df[spec.numeric_features].apply(pd.to_numeric, errors="coerce").astype("float64")
+    stats = ["mean", "std", "min", "50%", "max"]
+    out = num.describe().T.reindex(columns=stats) if len(num.columns) else pd.DataFrame(columns=stats, dtype="float64")
     out["missing"] = num.isna().mean().round(4)
     out["spec_min"] = [spec.features[c].min for c in out.index]
     out["spec_max"] = [spec.features[c].max for c in out.index]
     return out
 
 
-def category_mix(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
-    "Share of each level of each categorical feature (long format); levels the spec does not know are flagged."
+def category_mix(df: pd.DataFrame, spec: Spec, top: int | None = None) -> pd.DataFrame:
+    """Share of each level of each categorical feature (long format, empty cells as level None); levels the spec
+    does not know are flagged. `top` keeps each feature's most frequent levels (a feature may have hundreds)."""
     rows = []
     for col in spec.categorical_features:
         shares = df[col].value_counts(normalize=True, dropna=False)
-        for level, share in shares.items():
+        for level, share in (shares.head(top) if top else shares).items():
+            level = None if pd.isna(level) else level
             rows.append({"feature": col, "level": level, "share": round(float(share), 4),
-                         "known": level in spec.features[col].levels})
-    return pd.DataFrame(rows)
+                         "known": level is None or level in spec.features[col].levels})
+    return pd.DataFrame(rows, columns=["feature", "level", "share", "known"])
 
 # %% ../notebooks/01_eda.ipynb #e7e892d6
 def correlations(df: pd.DataFrame, spec: Spec, derived: bool = True) -> pd.DataFrame:

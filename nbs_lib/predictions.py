@@ -105,7 +105,7 @@ class PredictionLog:
                 continue
             try:
                 with self._conn:
-                    self._conn.execute(INSERT_JSON, (pydantic_core.to_json(rows).decode(),))
+                    self._conn.execute(INSERT_JSON, (pydantic_core.to_json(rows, inf_nan_mode="null").decode(),))  # NaN: empty
             except (sqlite3.Error, pydantic_core.PydanticSerializationError) as e:  # a full disk must not stop the API
                 self.dropped += len(rows)
                 log.error("prediction log: %d rows lost (%s)", len(rows), e)

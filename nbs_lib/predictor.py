@@ -11,6 +11,7 @@ import copy
 import logging
 import operator
 import os
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -38,13 +39,26 @@ _CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast
            ast.Gt: operator.gt, ast.GtE: operator.ge}
 
 
+_BACKTICKED = re.compile(r"`([^`]+)`")
+
+
 def compile_expression(expr: str, columns: Iterable[str]) -> Callable[[dict[str, np.ndarray]], Any]:
-    "An eval expression of arithmetic and comparisons over `columns` as a function of numpy columns."
+    """An eval expression of arithmetic and comparisons over `columns` as a function of numpy columns. A column whose
+    name is not a Python name is written in backticks, as pandas' `eval` wants it: "`stem width` * 2"."""
     columns = set(columns)
+    quoted: dict[str, str] = {}   # placeholder identifier -> the column named in backticks
+
+    def placeholder(m: re.Match) -> str:
+        name = next((k for k, v in quoted.items() if v == m.group(1)), None) or f"_backticked_{len(quoted)}_"
+        quoted[name] = m.group(1)
+        return name
+
+    source = _BACKTICKED.sub(placeholder, expr)
 
     def build(node: ast.AST) -> Callable:
-        if isinstance(node, ast.Name) and node.id in columns:
-            return lambda cols, n=node.id: cols[n]
+        name = quoted.get(node.id, node.id) if isinstance(node, ast.Name) else None
+        if name in columns:
+            return lambda cols, n=name: cols[n]
         if isinstance(node, ast.Constant) and type(node.value) in (int, float, str):
             return lambda cols, v=node.value: v
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
@@ -59,7 +73,7 @@ def compile_expression(expr: str, columns: Iterable[str]) -> Callable[[dict[str,
         raise CannotCompile(f"derived feature {expr!r}: {type(node).__name__} is not supported")
 
     try:
-        return build(ast.parse(expr, mode="eval").body)
+        return build(ast.parse(source, mode="eval").body)
     except SyntaxError as e:
         raise CannotCompile(f"derived feature {expr!r} is not a Python expression") from e
 
@@ -119,8 +133,9 @@ def _numeric_block(trans, columns: list[str]) -> Callable[[dict], np.ndarray]:
     return block
 
 
-def _onehot_block(trans, columns: list[str]) -> tuple[Callable[[dict], np.ndarray], int]:
-    "A categorical block: optional most-frequent/constant imputation, then one-hot encoding."
+def _onehot_block(trans, columns: list[str], none_is_nan: bool = False) -> tuple[Callable[[dict], np.ndarray], int]:
+    """A categorical block: optional most-frequent/constant imputation, then one-hot encoding. `none_is_nan`: an
+    earlier step turned None (and pd.NA) into NaN, so they are imputed like NaN."""
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder
 
@@ -128,35 +143,42 @@ def _onehot_block(trans, columns: list[str]) -> tuple[Callable[[dict], np.ndarra
     if not isinstance(enc, OneHotEncoder) or enc.drop_idx_ is not None or getattr(enc, "_infrequent_enabled", False) \
             or enc.handle_unknown not in ("ignore", "infrequent_if_exist") or enc.sparse_output or enc.dtype != np.float64:
         raise CannotCompile("only a dense OneHotEncoder(handle_unknown='ignore') without drop/infrequent is compiled")
-    if any(v is None or v != v for cats in enc.categories_ for v in cats):
-        raise CannotCompile("a missing value is one of the OneHotEncoder's categories")
-    fills: list[Any] = [None] * len(columns)
+    no_fill = object()   # no imputer: NaN reaches the encoder
+    fills: list[Any] = [no_fill] * len(columns)
     for step in pre:
         mv = getattr(step, "missing_values", None)
         if not isinstance(step, SimpleImputer) or step.add_indicator or step.strategy not in ("most_frequent", "constant") \
-                or not (isinstance(mv, float) and np.isnan(mv)):
+                or not (isinstance(mv, float) and np.isnan(mv)) or any(v != v for v in step.statistics_):
             raise CannotCompile(f"{type(step).__name__} before a OneHotEncoder has no fast path")
         fills = list(step.statistics_)
     offsets = np.cumsum([0] + [len(c) for c in enc.categories_])
-    luts = [{level: int(offsets[i] + j) for j, level in enumerate(cats)} for i, cats in enumerate(enc.categories_)]
+    luts = [{level: int(offsets[i] + j) for j, level in enumerate(cats) if level == level} for i, cats in enumerate(enc.categories_)]
     width = int(offsets[-1])
+    # Where NaN lands when no imputer fills it: the encoder's own NaN category, else nowhere (unknown: all zeros)
+    nan_at = [next((int(offsets[i] + j) for j, level in enumerate(cats) if level != level), -1) for i, cats in enumerate(enc.categories_)]
+    # sklearn's imputer fills NaN only; None is a value to it, so unless an earlier step made it NaN, None reaches the
+    # encoder, which may have learnt it as a category (training data with empty cells) or not (unknown, all zeros)
+    missing = [lut.get(fill, -1) if fill is not no_fill else nan for lut, fill, nan in zip(luts, fills, nan_at, strict=True)]
+    if none_is_nan:
+        for lut, code in zip(luts, missing, strict=True):
+            lut[None] = lut[pd.NA] = code
 
-    def codes(values: list, lut: dict, fill: Any) -> np.ndarray:
+    def codes(values: list, lut: dict, nan_code: int) -> np.ndarray:
         "Each value's one-hot column; -1 for a level unseen in training (an all-zero block, as sklearn does)."
         out = np.fromiter((lut.get(v, -2) for v in values), dtype=np.intp, count=len(values))
-        for i in np.flatnonzero(out == -2):   # rare: NaN (imputed; sklearn does not count None as missing) or unknown
+        for i in np.flatnonzero(out == -2):   # rare: NaN or an unknown level
             v = values[i]
-            out[i] = lut.get(fill, -1) if fill is not None and v != v else -1
+            out[i] = nan_code if v != v else -1
         return out
 
     def one(cols: dict) -> np.ndarray:
         "The same for a single record, without the per-column array work."
         out = np.zeros((1, width), dtype=np.float64)
-        for lut, fill, c in zip(luts, fills, columns, strict=True):
+        for lut, nan_code, c in zip(luts, missing, columns, strict=True):
             v = cols[c][0]
             j = lut.get(v, -2)
             if j == -2:
-                j = lut.get(fill, -1) if fill is not None and v != v else -1
+                j = nan_code if v != v else -1
             if j >= 0:
                 out[0, j] = 1.0
         return out
@@ -167,16 +189,17 @@ def _onehot_block(trans, columns: list[str]) -> tuple[Callable[[dict], np.ndarra
             return one(cols)
         out = np.zeros((n, width), dtype=np.float64)
         rows = np.arange(n)
-        for lut, fill, c in zip(luts, fills, columns, strict=True):
-            j = codes(cols[c].tolist(), lut, fill)
+        for lut, nan_code, c in zip(luts, missing, columns, strict=True):
+            j = codes(cols[c].tolist(), lut, nan_code)
             hit = j >= 0
             out[rows[hit], j[hit]] = 1.0
         return out
     return block, width
 
 
-def compile_column_transformer(ct, numeric: set[str]) -> Callable[[dict], np.ndarray]:
-    "A fitted dense ColumnTransformer as a function of columns; `numeric` names the float columns."
+def compile_column_transformer(ct, numeric: set[str], none_is_nan: bool = False) -> Callable[[dict], np.ndarray]:
+    """A fitted dense ColumnTransformer as a function of columns; `numeric` names the float columns, `none_is_nan` says
+    an earlier step makes None in a text column NaN."""
     from sklearn.preprocessing import OneHotEncoder
 
     if getattr(ct, "sparse_output_", False) or ct.transformer_weights:
@@ -188,7 +211,7 @@ def compile_column_transformer(ct, numeric: set[str]) -> Callable[[dict], np.nda
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
             raise CannotCompile("ColumnTransformer columns must be lists of names")
         if isinstance(_steps(trans)[-1], OneHotEncoder):
-            blocks.append(_onehot_block(trans, columns)[0])
+            blocks.append(_onehot_block(trans, columns, none_is_nan)[0])
         elif set(columns) <= numeric:
             blocks.append(_numeric_block(trans, columns))
         else:
@@ -386,13 +409,15 @@ class FastPredictor:
         self.derived: list[tuple[str, Callable]] = []
         self.encode: Callable[[dict], np.ndarray] | None = None
         self.matrix_steps: list[Callable] = []
+        none_is_nan = False
         for _, step in pre:
             if isinstance(step, DerivedFeatures) and self.encode is None:
+                none_is_nan = True   # it makes every empty cell NaN: None from JSON, pd.NA from a CSV
                 for name, expr in (step.expressions or {}).items():
                     self.derived.append((name, compile_expression(expr, list(spec.features) + [d for d, _ in self.derived])))
                     numeric.add(name)
             elif isinstance(step, ColumnTransformer) and self.encode is None:
-                self.encode = compile_column_transformer(step, numeric)
+                self.encode = compile_column_transformer(step, numeric, none_is_nan)
             elif self.encode is not None:
                 if (f := _matrix_step(step)) is not None:
                     self.matrix_steps.append(f)
@@ -421,7 +446,8 @@ class FastPredictor:
 
 
 def probe_records(spec: Spec, rows: int = 300, seed: int = 0) -> list[dict]:
-    "Records spread uniformly over every feature's range and levels (bounds included), to check a predictor on."
+    """Records spread uniformly over every feature's range and levels (bounds included), to check a predictor on.
+    A nullable feature is empty in about one record in four, as None (what the API sends) or NaN (what a frame holds)."""
     rng = np.random.default_rng(seed)
     cols = {}
     for c, f in spec.features.items():
@@ -433,6 +459,11 @@ def probe_records(spec: Spec, rows: int = 300, seed: int = 0) -> list[dict]:
             v = rng.uniform(lo, hi, rows)
             v[0], v[-1] = lo, hi
             cols[c] = v.tolist()
+        if f.max_null_share > 0:
+            empty = rng.random(rows) < 0.25
+            empty[[0, -1]] = False   # the bounds stay
+            for i in np.flatnonzero(empty):
+                cols[c][i] = None if i % 2 else float("nan")
     return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 

@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from .config import Settings, Spec
+from .config import Settings, Spec, UserInputError
 from .data import load_raw_frame
 
 # %% auto #0
@@ -33,8 +33,8 @@ def clean_frame(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     out = df[cols].copy()
     for c in spec.numeric_features:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
-    for c in spec.categorical_features:
-        out[c] = out[c].astype(object).where(out[c].isna(), out[c].astype(str).str.strip())
+    for c in spec.categorical_features:   # an empty cell is NaN, the missing value sklearn's imputers look for
+        out[c] = out[c].astype(object).where(out[c].isna(), out[c].astype(str).str.strip()).where(out[c].notna(), np.nan)
     if spec.target in out.columns:
         out[spec.target] = out[spec.target].astype(str).str.strip() if spec.task == "classification" else pd.to_numeric(out[spec.target], errors="coerce")
     return out.drop_duplicates().reset_index(drop=True)
@@ -46,17 +46,31 @@ def features_target(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, pd.Seri
 
 # %% ../notebooks/02_processing.ipynb #283ef004
 def split_holdout(df: pd.DataFrame, spec: Spec, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Train and holdout frames; stratified on the target for classification so rare classes appear on both sides."
-    strat = df[spec.target] if spec.task == "classification" else None
-    train, holdout = train_test_split(df, test_size=spec.holdout_fraction, random_state=seed, stratify=strat)
+    """Train and holdout frames; stratified on the target for classification so rare classes appear on both sides
+    (a small table's holdout holds at least as many rows as there are classes, as stratifying needs)."""
+    if spec.task == "regression":
+        train, holdout = train_test_split(df, test_size=spec.holdout_fraction, random_state=seed)
+        return train.reset_index(drop=True), holdout.reset_index(drop=True)
+    counts = df[spec.target].value_counts()
+    lonely = counts[counts < 2]
+    if len(lonely):
+        raise UserInputError(
+            f"Class {', '.join(map(repr, lonely.index))} of {spec.target!r} has a single row, so it cannot be both learnt and "
+            f"checked on the holdout. Add rows of that class to the data, or drop them (and the level from target_levels).")
+    n_holdout = max(int(np.ceil(spec.holdout_fraction * len(df))), len(counts))
+    train, holdout = train_test_split(df, test_size=n_holdout, random_state=seed, stratify=df[spec.target])
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 # %% ../notebooks/02_processing.ipynb #aad43d82
 class DerivedFeatures(BaseEstimator, TransformerMixin):
-    "Add columns computed from others by `DataFrame.eval` expressions, e.g. {'BMI': 'Weight / Height ** 2'}."
+    """Add columns computed from others by `DataFrame.eval` expressions, e.g. {'BMI': 'Weight / Height ** 2'}.
+    As the model's first step it also makes every empty cell NaN, whichever way the caller wrote it (None from
+    JSON, pd.NA from a CSV), so the imputers that follow find it, and the `numeric` columns float64 (a None makes
+    a column of numbers an object column, which `eval` cannot compute with)."""
 
-    def __init__(self, expressions: dict[str, str] | None = None):
+    def __init__(self, expressions: dict[str, str] | None = None, numeric: list[str] | None = None):
         self.expressions = expressions
+        self.numeric = numeric
 
     def fit(self, X: pd.DataFrame, y=None) -> DerivedFeatures:
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
@@ -64,6 +78,14 @@ class DerivedFeatures(BaseEstimator, TransformerMixin):
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X.copy()
+        numeric = set(getattr(self, "numeric", None) or ())   # models registered before `numeric` existed lack it
+        for c in X.columns:
+            if X[c].dtype != object:
+                continue
+            if c in numeric:
+                X[c] = pd.to_numeric(X[c], errors="coerce").astype("float64")
+            elif X[c].isna().any():
+                X[c] = X[c].where(X[c].notna(), np.nan)
         for name, expr in (self.expressions or {}).items():
             X[name] = pd.to_numeric(X.eval(expr), errors="coerce").astype("float64")
         return X

@@ -26,29 +26,56 @@ from .predictor import make_predictor
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'field_name', 'describe_feature', 'example_record', 'feature_type', 'request_model', 'batch_adapter',
-           'batch_decoder', 'as_records', 'explain_error', 'no_champion_message', 'NoChampion', 'RegistryUnreachable',
-           'redact_uri', 'registry_unreachable_message', 'ServedModel', 'mlflow_client', 'champion_of', 'check_columns',
-           'load_champion']
+__all__ = ['log', 'field_name', 'field_names', 'describe_feature', 'field_description', 'example_record', 'feature_type',
+           'request_model', 'batch_adapter', 'batch_decoder', 'as_records', 'explain_error', 'no_champion_message',
+           'NoChampion', 'RegistryUnreachable', 'redact_uri', 'registry_unreachable_message', 'ServedModel',
+           'mlflow_client', 'champion_of', 'check_columns', 'load_champion']
 
 # %% ../notebooks/06_serving.ipynb #6c1b5276
-def field_name(column: str) -> str:
-    "A Python attribute name for a CSV column: the column itself whenever it already is a valid one."
+def field_name(column: str, taken: Iterable[str] = ()) -> str:
+    "A Python attribute name for a CSV column: the column itself whenever it already is a valid one; never one in `taken`."
     name = re.sub(r"\W", "_", column)
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith(("_", "model_")):
         name = "f_" + name
+    base, n, taken = name, 2, set(taken)
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
     return name
 
 
+def field_names(spec: Spec) -> dict[str, str]:
+    "Each feature's attribute name, unique within the spec ('stem width' beside a 'stem_width' column gets 'stem_width_2')."
+    names = {c: c for c in spec.features if field_name(c) == c}
+    for c in spec.features:
+        if c not in names:
+            names[c] = field_name(c, names.values())
+    return {c: names[c] for c in spec.features}
+
+
+def _record_title(spec: Spec) -> str:
+    "The spec's name as a schema title: 'wine-quality' -> 'WineQuality'."
+    return re.sub(r"[\W_]", "", spec.name.title())
+
+
 def describe_feature(f: FeatureSpec) -> str:
-    "What a feature accepts, in words, for error messages and the OpenAPI docs."
+    "What a feature accepts, in words (with its unit, and null when it is nullable), for error messages and the docs."
     if f.kind == "categorical":
-        return "one of " + ", ".join(repr(level) for level in f.levels)
-    if f.min is not None and f.max is not None:
-        return f"a number from {f.min:g} to {f.max:g}"
-    if f.min is not None:
-        return f"a number of at least {f.min:g}"
-    return f"a number of at most {f.max:g}" if f.max is not None else "a number"
+        text = "one of " + ", ".join(repr(level) for level in f.levels)
+    elif f.min is not None and f.max is not None:
+        text = f"a number from {f.min:g} to {f.max:g}"
+    elif f.min is not None:
+        text = f"a number of at least {f.min:g}"
+    else:
+        text = f"a number of at most {f.max:g}" if f.max is not None else "a number"
+    if f.unit and f.kind == "numeric":
+        text += f" (in {f.unit})"
+    return text + (", or null" if f.max_null_share > 0 else "")
+
+
+def field_description(f: FeatureSpec) -> str:
+    "A field's OpenAPI description: the spec's `description` of the feature, then what it accepts."
+    accepts = describe_feature(f)
+    return f"{f.description.rstrip('. ')}: {accepts}" if f.description.strip() else accepts
 
 
 def example_record(spec: Spec) -> dict[str, Any]:
@@ -60,26 +87,31 @@ def example_record(spec: Spec) -> dict[str, Any]:
 
 
 def feature_type(f: FeatureSpec) -> Any:
-    "The annotated type of one feature: a Literal of its levels, or a strict finite float within its range."
+    """The annotated type of one feature: a Literal of its levels, or a strict finite float within its range; either
+    or None when the feature is nullable."""
     if f.kind == "categorical":
-        return Annotated[Literal[tuple(f.levels)], Field(description=describe_feature(f))]
-    return Annotated[float, Field(ge=f.min, le=f.max, strict=True, allow_inf_nan=False, description=describe_feature(f))]
+        value: Any = Literal[tuple(f.levels)]
+    else:
+        value = Annotated[float, Field(ge=f.min, le=f.max, strict=True, allow_inf_nan=False)]
+    return Annotated[value | None if f.max_null_share > 0 else value, Field(description=field_description(f))]
 
 
 def request_model(spec: Spec) -> type[BaseModel]:
-    "The pydantic model of one record of `spec`: ranges and levels enforced, unknown fields rejected."
+    """The pydantic model of one record of `spec`: ranges and levels enforced, unknown fields rejected, every field
+    required. A nullable feature accepts JSON null, but the key must still be sent: a missing key is far more often a
+    client bug (a renamed column, an old client) than a deliberate gap, and scoring it as empty would hide the bug;
+    null says "unknown" on purpose, and the prediction log and the drift monitor see it as such."""
     fields: dict[str, Any] = {}
-    for col, f in spec.features.items():
-        name = field_name(col)
-        fields[name] = (feature_type(f), Field(alias=col if name != col else None))
+    for col, name in field_names(spec).items():
+        fields[name] = (feature_type(spec.features[col]), Field(alias=col, title=col) if name != col else Field())
     config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example_record(spec)]})
-    return create_model(f"{spec.name.title().replace('_', '')}Record", __config__=config,
+    return create_model(f"{_record_title(spec)}Record", __config__=config,
                         __doc__=f"One {spec.name} record: the model's input features by their CSV column names.", **fields)
 
 
 def batch_adapter(spec: Spec, limit: int) -> TypeAdapter:
     "Validates a batch body `{\"records\": [...]}` (at most `limit`) from JSON bytes straight into plain dicts."
-    record = TypedDict(f"{spec.name.title().replace('_', '')}RecordDict", {c: feature_type(f) for c, f in spec.features.items()})
+    record = TypedDict(f"{_record_title(spec)}RecordDict", {c: feature_type(f) for c, f in spec.features.items()})
     record.__pydantic_config__ = ConfigDict(extra="forbid")
     body = TypedDict(f"{record.__name__}Batch", {"records": Annotated[list[record], Field(max_length=limit)]})
     body.__pydantic_config__ = ConfigDict(extra="forbid")
@@ -96,15 +128,18 @@ def batch_decoder(spec: Spec, limit: int) -> Callable[[bytes], list[dict]]:
 
     def ftype(f: FeatureSpec) -> Any:
         if f.kind == "categorical":
-            return Literal[tuple(f.levels)]
-        return Annotated[float, msgspec.Meta(**{k: v for k, v in (("ge", f.min), ("le", f.max)) if v is not None})]
+            value: Any = Literal[tuple(f.levels)]
+        else:
+            value = Annotated[float, msgspec.Meta(**{k: v for k, v in (("ge", f.min), ("le", f.max)) if v is not None})]
+        return value | None if f.max_null_share > 0 else value
 
-    fields = [(field_name(c), ftype(f), msgspec.field(name=c)) for c, f in spec.features.items()]
-    record = msgspec.defstruct(f"{spec.name}_record", fields, forbid_unknown_fields=True)
-    body = msgspec.defstruct(f"{spec.name}_batch", [("records", Annotated[list[record], msgspec.Meta(max_length=limit)])],
+    names = field_names(spec)
+    fields = [(names[c], ftype(f), msgspec.field(name=c)) for c, f in spec.features.items()]
+    record = msgspec.defstruct(f"{_record_title(spec)}_record", fields, forbid_unknown_fields=True)
+    body = msgspec.defstruct(f"{_record_title(spec)}_batch", [("records", Annotated[list[record], msgspec.Meta(max_length=limit)])],
                              forbid_unknown_fields=True)
     decoder, asdict = msgspec.json.Decoder(body), msgspec.structs.asdict
-    renamed = {field_name(c): c for c in spec.features if field_name(c) != c}
+    renamed = {name: c for c, name in names.items() if name != c}
 
     def decode(raw: bytes) -> list[dict]:
         try:
@@ -132,14 +167,16 @@ def as_records(items: Iterable[BaseModel]) -> list[dict[str, Any]]:
 
 # %% ../notebooks/06_serving.ipynb #b9f181ff
 def explain_error(err: dict, spec: Spec) -> dict:
-    "A pydantic error whose message names the field and what it accepts (range or levels)."
+    "A pydantic error whose message names the field and what it accepts (range or levels, and whether null is allowed)."
     loc = err.get("loc", ())
     col = next((p for p in reversed(loc) if isinstance(p, str)), None)
     kind, f = err.get("type"), spec.features.get(col) if col else None
     if kind == "extra_forbidden":
         msg = f"unknown field {col!r}; the fields are: {', '.join(spec.feature_names)}"
     elif f is not None and kind == "missing":
-        msg = f"{col} is required: {describe_feature(f)}"
+        msg = f"{col} is required: {describe_feature(f)}" + ("; send null when the value is unknown" if f.max_null_share > 0 else "")
+    elif f is not None and "input" in err and err["input"] is None:   # null for a feature that is not nullable
+        msg = f"{col} must be {describe_feature(f)}; got null ({col} is not nullable in the spec)"
     elif f is not None:
         msg = f"{col} must be {describe_feature(f)}; got {err.get('input')!r}"
     else:

@@ -31,9 +31,10 @@ from .processing import DerivedFeatures, make_preprocessor
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODEL_FAMILIES', 'score', 'all_scores', 'default_config', 'warm_start_configs', 'suggest_config',
-           'make_estimator', 'make_model_pipeline', 'cross_validate', 'make_objective', 'data_fingerprint',
-           'study_name', 'study_storage', 'retry_trial', 'open_study', 'run_study', 'best_config', 'study_summary']
+__all__ = ['log', 'MODEL_FAMILIES', 'score', 'all_scores', 'default_config', 'warm_start_configs', 'model_input_width',
+           'suggest_config', 'make_estimator', 'make_model_pipeline', 'fold_count', 'cross_validate', 'make_objective',
+           'data_fingerprint', 'study_name', 'study_storage', 'retry_trial', 'open_study', 'run_study', 'best_config',
+           'study_summary']
 
 # %% ../notebooks/03_experiments.ipynb #376b8814
 def score(metric: str, y_true, y_pred) -> float:
@@ -79,10 +80,17 @@ def warm_start_configs(spec: Spec, profile: Profile) -> list[dict]:
                     subsample=0.7, reg_lambda=10.0)]
 
 
+def model_input_width(spec: Spec) -> int:
+    "How many columns the model sees after one-hot encoding: the numeric and derived features plus every level."
+    return len(spec.numeric_features) + len(spec.derived_features) + sum(len(spec.features[c].levels) for c in spec.categorical_features)
+
+
 def suggest_config(trial: optuna.Trial, spec: Spec, profile: Profile) -> dict:
-    "Sample one configuration: a model family, its hyperparameters and how many features to keep."
+    """Sample one configuration: a model family, its hyperparameters and how many features to keep (all of them
+    when the model sees fewer than 4 columns: half of one column is none)."""
     family = trial.suggest_categorical("model", MODEL_FAMILIES[spec.task])
-    cfg = {"model": family, "select_percentile": trial.suggest_int("select_percentile", 50, 100, step=10)}
+    keep = trial.suggest_int("select_percentile", 50, 100, step=10) if model_input_width(spec) >= 4 else 100
+    cfg = {"model": family, "select_percentile": keep}
     if family == "lightgbm":
         cfg |= {"n_estimators": trial.suggest_int("n_estimators", 50, profile.max_estimators, log=True),
                 "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
@@ -128,13 +136,23 @@ def make_model_pipeline(cfg: dict, spec: Spec, seed: int = 42, n_jobs: int | Non
     "The whole model as one sklearn Pipeline: derived features, column transformer, feature selection, estimator."
     pct = int(cfg.get("select_percentile", 100))
     select = "passthrough" if pct >= 100 else SelectPercentile(f_classif if spec.task == "classification" else f_regression, percentile=pct)
-    return Pipeline([("features", DerivedFeatures(spec.derived_features)), ("preprocess", make_preprocessor(spec)),
+    return Pipeline([("features", DerivedFeatures(spec.derived_features, spec.numeric_features)), ("preprocess", make_preprocessor(spec)),
                      ("select", select), ("model", make_estimator(cfg, spec, seed, n_jobs))])
 
 # %% ../notebooks/03_experiments.ipynb #a7e3e833
+def fold_count(y: pd.Series, spec: Spec, folds: int) -> int:
+    """The profile's fold count, fewer on a small table: a stratified fold needs a row of the rarest class, and a
+    regression fold at least 10 rows. Never under 2."""
+    if spec.task == "classification":
+        return max(2, min(folds, int(y.value_counts().min())))
+    return max(2, min(folds, len(y) // 10))
+
+
 def cross_validate(cfg: dict, X: pd.DataFrame, y: pd.Series, spec: Spec, folds: int, seed: int = 42,
                    trial: optuna.Trial | None = None, n_jobs: int | None = None) -> list[float]:
-    "Primary-metric scores of `cfg` on each CV fold; reports to `trial` after each fold so the pruner can stop it."
+    """Primary-metric scores of `cfg` on each CV fold (`fold_count` of them); reports to `trial` after each fold so
+    the pruner can stop it."""
+    folds = fold_count(y, spec, folds)
     splitter = (StratifiedKFold if spec.task == "classification" else KFold)(n_splits=folds, shuffle=True, random_state=seed)
     scores: list[float] = []
     for i, (tr, va) in enumerate(splitter.split(X, y)):

@@ -33,7 +33,8 @@ TEXT_TYPES = ["object", "str", "string"]
 
 
 def build_suite(spec: Spec, columns: list[str], policy: Policy = "training"):
-    "A GX ExpectationSuite for a frame with `columns`, checked against the spec."
+    """A GX ExpectationSuite for a frame with `columns`, checked against the spec. A nullable feature's empty cells are
+    allowed up to its share (GX's `mostly`); ranges and levels are checked on the cells that are not empty."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -47,7 +48,9 @@ def build_suite(spec: Spec, columns: list[str], policy: Policy = "training"):
     for col, f in spec.features.items():
         if col not in present:
             continue
-        add(gxe.ExpectColumnValuesToNotBeNull(column=col))
+        share = f.max_null_share
+        if share < 1:   # a nullable feature may be empty in at most `share` of the rows; GX checks the rest
+            add(gxe.ExpectColumnValuesToNotBeNull(column=col, **({"mostly": round(1 - share, 12)} if share else {})))
         if f.kind == "numeric":
             add(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUMERIC_TYPES))
             if f.min is not None or f.max is not None:
@@ -111,7 +114,7 @@ class ValidationReport:
         lines = [head] + [f"  - {f.describe()}" for f in self.findings]
         if not self.ok:
             lines.append("  What to do: fix or drop these rows/columns in the file, or, if the data is right and the spec is "
-                         "out of date, update the ranges/levels in the spec.")
+                         "out of date, update the ranges, levels or nullable shares in the spec.")
         if self.docs:
             lines.append(f"  Data Docs: {self.docs}")
         return "\n".join(lines)
@@ -123,7 +126,10 @@ def _allowed(cfg) -> str:
         case "expect_column_values_to_be_between": return f"allowed range {k.get('min_value')}..{k.get('max_value')}"
         case "expect_column_values_to_be_in_set": return f"allowed values {list(k.get('value_set'))}"
         case "expect_column_values_to_be_in_type_list": return "values must be numbers"
-        case "expect_column_values_to_not_be_null": return "values must not be empty"
+        case "expect_column_values_to_not_be_null":
+            mostly = k.get("mostly")
+            return "values must not be empty" if mostly in (None, 1) else \
+                f"at most {(1 - mostly) * 100:.4g}% of the values may be empty (the spec's nullable share)"
         case "expect_column_values_to_be_unique": return "values must be unique"
         case "expect_table_row_count_to_be_between": return f"at least {k.get('min_value')} rows are needed"
     return "see Data Docs"

@@ -192,7 +192,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{by}{interrupted_message(e)}\n", file=sys.stderr)
         return stop.exit_code  # 130 for Ctrl-C, 143 for SIGTERM (docker stop), as a shell reports them
     print("\n" + describe(summary, settings))
+    if not beat_baseline(summary):
+        print("\nerror: the model does not beat the dummy baseline (see above), so it was registered but not promoted; "
+              "the champion is where it was.\n", file=sys.stderr)
+        return 1
     return 0
+
+
+def beat_baseline(summary: dict) -> bool:
+    """False when the registered model scored no better than the dummy baseline: its data taught it nothing."""
+    from nbs_lib.config import METRIC_DIRECTIONS
+    from nbs_lib.registry import beats
+
+    gate = summary.get("gate", {})
+    if gate.get("baseline_score") is None:
+        return True
+    return beats(gate["challenger_score"], gate["baseline_score"], METRIC_DIRECTIONS[gate["metric"]] == "maximize")
 
 
 if __name__ == "__main__":

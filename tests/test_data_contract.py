@@ -166,3 +166,49 @@ def test_real_training_file_passes_the_contract(tmp_path, isolated):
 def test_real_current_file_passes_under_the_current_policy():
     report = validate_file(REAL_CURRENT, SPEC, "current")
     assert report.ok, report.summary()
+
+
+# ------------------------------------------- another shape of dataset: gaps, odd column names, integer labels ----
+
+def odd_file(folder: Path, empty: dict[str, int], changes: dict[tuple[int, str], object] | None = None) -> Path:
+    """200 generated rows of the odd spec (tests/odd_spec.py) with exactly `empty[column]` empty cells per column."""
+    from odd_spec import odd_frame
+
+    frame = odd_frame(200, seed=4)
+    frame = frame.fillna({"cap-diameter": 5.0, "pH.level": 3.0}).astype({"2nd_reading": object})
+    frame["2nd_reading"] = frame["2nd_reading"].where(frame["2nd_reading"].notna(), "low")
+    for column, n in empty.items():
+        frame.loc[frame.index[:n], column] = None
+    for (row, column), value in (changes or {}).items():
+        frame.loc[row, column] = value
+    frame.to_csv(folder / "odd.csv", index=False)
+    return folder / "odd.csv"
+
+
+def test_nullable_features_may_be_empty_up_to_their_share_under_odd_column_names(tmp_path, isolated, monkeypatch, capsys):
+    from odd_spec import write_spec
+
+    # cap-diameter and 2nd_reading allow 30% (60 of 200 rows), pH.level any share (nullable: true)
+    path = odd_file(tmp_path, {"cap-diameter": 60, "2nd_reading": 60, "pH.level": 200})
+    code, out, err = validate_in_process(path, {**isolated, "SPEC": str(write_spec(tmp_path))}, monkeypatch, capsys)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == f"{path} passes the 'odd' data contract (training policy, 200 rows)"
+    assert out.splitlines()[1].startswith("  Data Docs: ")   # no finding between them
+
+
+def test_too_many_empty_cells_or_any_in_a_feature_that_is_not_nullable_break_the_contract(tmp_path, isolated, monkeypatch, capsys):
+    from odd_spec import write_spec
+
+    path = odd_file(tmp_path, {"cap-diameter": 61, "stem width": 1},
+                    {(100, "cap-diameter"): 25.0, (101, "2nd_reading"): "huge", (102, "class"): "2"})
+    code, out, err = validate_in_process(path, {**isolated, "SPEC": str(write_spec(tmp_path))}, monkeypatch, capsys)
+    assert (code, err) == (1, "")
+    assert out.splitlines()[1:6] == [
+        "  - error: expect_column_values_to_not_be_null failed on column 'cap-diameter': 61 rows (30.50%); at most 30% of "
+        "the values may be empty (the spec's nullable share)",
+        "  - error: expect_column_values_to_be_between failed on column 'cap-diameter': 1 rows (0.72%), e.g. '25.0'; "
+        "allowed range 0.0..20.0",
+        "  - error: expect_column_values_to_not_be_null failed on column 'stem width': 1 rows (0.50%); values must not be empty",
+        "  - error: expect_column_values_to_be_in_set failed on column '2nd_reading': 1 rows (0.50%), e.g. 'huge'; "
+        "allowed values ['low', 'mid', 'high']",
+        "  - error: expect_column_values_to_be_in_set failed on column 'class': 1 rows (0.50%), e.g. '2'; allowed values ['0', '1']"]

@@ -224,3 +224,64 @@ def test_the_monitoring_notebook_runs_under_papermill_with_parameters(isolated, 
     assert (summary["current"]["source"], summary["reference"]["source"]) == (str(synthetic["drifted"]), str(synthetic["reference"]))
     assert summary["dataset_drift"] is True
     assert summary["created_at"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1))
+
+
+# ------------------------------------------- another shape of dataset: gaps, odd column names, integer labels ----
+
+@pytest.fixture(scope="module")
+def odd_champion(tmp_path_factory):
+    """(env, pipeline) of a registered champion of the odd spec (tests/odd_spec.py), with its reference."""
+    from odd_spec import register_champion
+
+    return register_champion(tmp_path_factory.mktemp("odd-monitoring"))
+
+
+@pytest.fixture
+def odd_env(odd_champion, reports, monkeypatch) -> dict[str, str]:
+    env = {k: v for k, v in odd_champion[0].items() if k != "REPORTS_DIR"}   # reports: this test's own folder
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+ODD_COLUMNS = ["2nd_reading", "cap per stem", "cap-diameter", "class", "pH.level", "stem width"]
+
+
+def test_monitor_reads_a_log_with_nulls_and_odd_names_against_the_champion_reference(odd_env, odd_champion, reports, tmp_path):
+    from odd_spec import as_frame, as_requests, odd_frame
+
+    records = as_requests(odd_frame(300, seed=21))
+    assert sum(r["cap-diameter"] is None for r in records) > 0 and sum(r["2nd_reading"] is None for r in records) > 0
+    log = PredictionLog(tmp_path / "predictions.db")
+    log.append(records, odd_champion[1].predict(as_frame(records)).tolist(), "odd", "1", ts=1_700_000_100.0)
+    log.close()
+    status, result = monitor.run(["--current", str(tmp_path / "predictions.db"),
+                                  "--since", "2023-11-14T22:00:00Z", "--until", "2023-11-15T22:00:00Z"])
+    s = result.summary
+    assert status == monitor.NO_DRIFT
+    assert s["data_quality"] == {"ok": True, "rows": 300, "findings": [], "skipped_columns": {}}   # gaps within their shares
+    assert sorted(s["columns"]) == ODD_COLUMNS
+    assert s["prediction_drift"]["column"] == "prediction" and s["prediction_drift"]["drifted"] is False
+    assert s["reference"]["source"].startswith("models:/odd@champion (v1, run ")
+    assert published(reports, s["run"]) == REPORT_FILES
+
+
+def test_columns_entirely_empty_in_current_data_are_skipped_with_a_finding_not_a_crash(odd_env, reports, tmp_path, capsys):
+    from odd_spec import odd_frame
+
+    current = odd_frame(300, seed=22).assign(**{"2nd_reading": None, "pH.level": np.nan})
+    current.to_csv(tmp_path / "current.csv", index=False)
+    status, result = monitor.run(["--current", str(tmp_path / "current.csv")])
+    s = result.summary
+    assert status == monitor.NO_DRIFT
+    # pH.level may be empty in every row (nullable: true); 2nd_reading in at most 30% of them
+    assert [(f["column"], f["expectation"], f["unexpected_count"], f["message"]) for f in s["data_quality"]["findings"]] == [
+        ("2nd_reading", "expect_column_values_to_not_be_null", 300,
+         "finding: expect_column_values_to_not_be_null failed on column '2nd_reading': 300 rows (100.00%); at most 30% "
+         "of the values may be empty (the spec's nullable share)")]
+    assert s["data_quality"]["skipped_columns"] == {"pH.level": "no values in the current data",
+                                                    "2nd_reading": "no values in the current data"}
+    assert sorted(s["columns"]) == ["cap per stem", "cap-diameter", "class", "stem width"]
+    assert s["performance"]["accuracy"] is not None
+    assert published(reports, s["run"]) == ["data_drift.html", "data_summary.html", "performance.html", "summary.json"]
+    assert "drift not computed for '2nd_reading': no values in the current data" in capsys.readouterr().out

@@ -350,3 +350,141 @@ def test_openapi_documents_every_endpoint_and_error(client):
     batch = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert batch["properties"]["records"]["maxItems"] == 10_000
     assert json.dumps(batch["properties"]["records"]["items"]) == '{"$ref": "#/components/schemas/ObesityRecord"}'
+
+
+# ------------------------------------------- another shape of dataset: gaps, odd column names, integer labels ----
+
+@pytest.fixture(scope="module")
+def odd_served(tmp_path_factory):
+    """(client, env, pipeline) of an app serving a champion of the odd spec (tests/odd_spec.py)."""
+    from odd_spec import register_champion
+
+    from src.serving.app import create_app
+
+    env, pipe = register_champion(tmp_path_factory.mktemp("odd"))
+    env = {**env, **QUIET_MLFLOW, "API_KEY": KEY}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with TestClient(create_app()) as client:
+            yield client, env, pipe
+
+
+def odd_record(**changes) -> dict:
+    from odd_spec import SPEC as ODD
+
+    return {**example_record(ODD), **changes}
+
+
+def test_predict_accepts_null_for_nullable_features_and_answers_as_the_pipeline(odd_served):
+    from odd_spec import as_frame
+
+    client, _, pipe = odd_served
+    rec = odd_record(**{"cap-diameter": None, "2nd_reading": None, "pH.level": 4.5})
+    r = client.post("/predict", json=rec)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    frame = as_frame([rec])
+    assert body["prediction"] == pipe.predict(frame)[0]
+    assert list(body["probabilities"]) == ["3", "4", "5"]
+    proba = dict(zip(pipe.classes_, pipe.predict_proba(frame)[0], strict=True))
+    assert body["probabilities"] == pytest.approx(proba, abs=1e-12)
+    assert (body["model_name"], body["model_version"]) == ("odd", "1")
+
+
+@pytest.mark.parametrize("field, accepts", [
+    ("stem width", "a number from 0 to 10"),
+    ("class", "one of '0', '1'"),
+])
+def test_predict_refuses_null_for_a_feature_that_is_not_nullable_saying_so(odd_served, field, accepts):
+    r = odd_served[0].post("/predict", json=odd_record(**{field: None}))
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert (error["loc"], error["msg"], error["input"]) == (
+        ["body", field], f"{field} must be {accepts}; got null ({field} is not nullable in the spec)", None)
+
+
+def test_predict_refuses_a_missing_nullable_field_and_says_to_send_null(odd_served):
+    rec = odd_record()
+    del rec["cap-diameter"]
+    r = odd_served[0].post("/predict", json=rec)
+    assert (r.status_code, r.json()) == (422, {"detail": [{
+        "type": "missing", "loc": ["body", "cap-diameter"], "input": rec,
+        "msg": "cap-diameter is required: a number from 0 to 20 (in cm), or null; send null when the value is unknown"}]})
+
+
+def test_batch_with_nulls_and_odd_column_names_answers_as_the_pipeline_and_logs_the_nulls(odd_served):
+    import pandas as pd
+    from odd_spec import as_frame, as_requests, odd_frame
+
+    client, env, pipe = odd_served
+    records = as_requests(odd_frame(60, seed=8))
+    assert sum(r["cap-diameter"] is None for r in records) > 0 and sum(r["2nd_reading"] is None for r in records) > 0
+    r = client.post("/predict/batch", json={"records": records})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    frame = as_frame(records)
+    assert [p["prediction"] for p in got] == pipe.predict(frame).tolist()
+    proba = pd.DataFrame(pipe.predict_proba(frame), columns=pipe.classes_)[["3", "4", "5"]].to_numpy()
+    np.testing.assert_allclose([[p["probabilities"][c] for c in ("3", "4", "5")] for p in got], proba, rtol=0, atol=1e-12)
+    assert client.app.state.serving.prediction_log.flush()
+    logged = read_prediction_log(env["PREDICTION_LOG"]).tail(60).reset_index(drop=True)
+    assert logged["2nd_reading"].tolist() == [r["2nd_reading"] for r in records]
+    assert logged["cap-diameter"].isna().tolist() == [r["cap-diameter"] is None for r in records]
+
+
+def test_batch_refuses_null_for_a_feature_that_is_not_nullable_naming_the_record(odd_served):
+    r = odd_served[0].post("/predict/batch", json={"records": [odd_record(), odd_record(**{"stem width": None})]})
+    assert (r.status_code, r.json()) == (422, {"detail": [{
+        "type": "float_type", "loc": ["body", "records", 1, "stem width"], "input": None,
+        "msg": "stem width must be a number from 0 to 10; got null (stem width is not nullable in the spec)"}]})
+
+
+def test_odd_champion_is_served_compiled_and_equals_its_pipeline_on_records_with_nulls(odd_served):
+    from odd_spec import SPEC as ODD
+
+    from nbs_lib.predictor import PipelinePredictor, make_predictor, probe_records, same_predictions
+
+    client, _, pipe = odd_served
+    assert client.get("/model").json()["predictor"] == "compiled"
+    records = probe_records(ODD, 300, seed=11)
+    assert {c for c in ODD.feature_names if any(r[c] is None for r in records)} == set(ODD.nullable_features)
+    served = client.app.state.serving.models.current.predictor
+    assert same_predictions(served.predict(records), PipelinePredictor(pipe, ODD).predict(records))
+    assert make_predictor(pipe, ODD).kind == "compiled"
+
+
+def test_openapi_documents_odd_names_nullability_description_and_unit(odd_served):
+    schema = odd_served[0].get("/openapi.json").json()["components"]["schemas"]["OddRecord"]
+    props = schema["properties"]
+    assert list(props) == ["cap-diameter", "stem width", "pH.level", "2nd_reading", "class"]
+    assert schema["required"] == list(props) and schema["additionalProperties"] is False
+    assert props["cap-diameter"] == {
+        "anyOf": [{"type": "number", "minimum": 0.0, "maximum": 20.0}, {"type": "null"}], "title": "cap-diameter",
+        "description": "Width of the cap: a number from 0 to 20 (in cm), or null"}
+    assert props["2nd_reading"]["anyOf"] == [{"type": "string", "enum": ["low", "mid", "high"]}, {"type": "null"}]
+    assert props["stem width"]["type"] == "number" and "anyOf" not in props["stem width"]
+    assert props["class"]["enum"] == ["0", "1"]
+
+
+def test_odd_api_answers_what_mlflow_pyfunc_answers_on_records_with_nulls(odd_served):
+    """Train/serve skew on the odd spec: the registered model loaded by MLflow (its signature has the odd names, the
+    nullable features optional) labels records with nulls as the API does."""
+    import pandas as pd
+    from odd_spec import SPEC as ODD
+    from odd_spec import as_requests, odd_frame
+
+    from nbs_lib.predictor import probe_records
+
+    client, env, _ = odd_served
+    probes = [{k: None if v != v else v for k, v in r.items()} for r in probe_records(ODD, 60, seed=3)]   # NaN is not JSON
+    records = as_requests(odd_frame(90, seed=12)) + probes
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        labels = mlflow.pyfunc.load_model("models:/odd@champion").predict(pd.DataFrame(records)).tolist()
+    finally:
+        mlflow.set_tracking_uri(None)
+    r = client.post("/predict/batch", json={"records": records})
+    assert r.status_code == 200, r.text
+    assert [p["prediction"] for p in r.json()["predictions"]] == labels
+    assert [client.post("/predict", json=rec).json()["prediction"] for rec in records[:20]] == labels[:20]
