@@ -131,7 +131,9 @@ def _allowed(cfg) -> str:
             return "values must not be empty" if mostly in (None, 1) else \
                 f"at most {(1 - mostly) * 100:.4g}% of the values may be empty (the spec's nullable share)"
         case "expect_column_values_to_be_unique": return "values must be unique"
-        case "expect_table_row_count_to_be_between": return f"at least {k.get('min_value')} rows are needed"
+        case "expect_table_row_count_to_be_between":
+            return (f"at least {k.get('min_value')} rows are needed (the spec's min_rows: collect more rows, or lower "
+                    "min_rows in the spec for a small table; folds and the holdout adapt to it)")
     return "see Data Docs"
 
 

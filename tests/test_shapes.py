@@ -92,3 +92,17 @@ def test_each_shape_passes_validate_and_monitor_on_its_own_data(applied, capsys)
     latest = read_latest(Path(applied["env"]["REPORTS_DIR"]) / "monitoring")
     assert latest["dataset_drift"] is False
     assert latest["current"]["rows"] == len(read_table(applied["csv"], applied["spec"]))
+
+
+def test_a_table_below_min_rows_is_refused_with_the_fix_and_nothing_written(tmp_path, monkeypatch, capsys):
+    from src.pipeline import main
+
+    spec_dict = SHAPES["wide_multiclass_small"]() | {"min_rows": 100}
+    csv = tmp_path / "small.csv"
+    generate_synthetic(Spec.model_validate(spec_dict), rows=60).to_csv(csv, index=False)
+    for k, v in (isolated_env(tmp_path) | {"SPEC": str(write_spec(spec_dict, tmp_path)), "DATA": str(csv)}).items():
+        monkeypatch.setenv(k, v)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "60 rows" in err and "at least 100 rows are needed (the spec's min_rows" in err and "lower min_rows" in err
+    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "reports").exists()
