@@ -23,12 +23,15 @@ from .config import Settings, Spec, UserInputError
 from .data import load_raw_frame
 
 # %% auto #0
-__all__ = ['SPLIT_FILES', 'clean_frame', 'features_target', 'split_holdout', 'DerivedFeatures', 'make_preprocessor', 'save_split',
-           'prepare_split']
+__all__ = ['DUPLICATE_SHARE', 'SPLIT_FILES', 'clean_frame', 'features_target', 'split_holdout', 'DerivedFeatures',
+           'make_preprocessor', 'save_split', 'prepare_split']
 
 # %% ../notebooks/02_processing.ipynb #676e81bc
+DUPLICATE_SHARE = 0.05   # exact duplicate rows up to this share are copies, and dropped; more are the data's own frequencies
+
+
 def clean_frame(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
-    "The spec's features (and the target when present) with clean types; ids and duplicate rows dropped."
+    "The spec's features (and the target when present) with clean types; ids dropped, and duplicate rows when they are few."
     cols = spec.feature_names + ([spec.target] if spec.target in df.columns else [])
     out = df[cols].copy()
     for c in spec.numeric_features:
@@ -37,7 +40,8 @@ def clean_frame(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
         out[c] = out[c].astype(object).where(out[c].isna(), out[c].astype(str).str.strip()).where(out[c].notna(), np.nan)
     if spec.target in out.columns:
         out[spec.target] = out[spec.target].astype(str).str.strip() if spec.task == "classification" else pd.to_numeric(out[spec.target], errors="coerce")
-    return out.drop_duplicates().reset_index(drop=True)
+    copies = out.duplicated()
+    return (out[~copies] if copies.mean() <= DUPLICATE_SHARE else out).reset_index(drop=True)
 
 
 def features_target(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, pd.Series]:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 
 from nbs_lib.config import Profile, Spec, get_settings
@@ -94,9 +94,10 @@ def run_chain(spec_dict: dict, root, monkeypatch) -> None:
     study = run_study(open_study(cfg, spec, "drawn", TINY), *features_target(train, spec), spec, TINY, log_mlflow=False)
     model = fit_final(best_config(study, spec), train, spec)
     baseline = baseline_score(train, holdout, spec)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
+    mlflow.set_tracking_uri(uri)   # an experiment of its own keeps artifacts under root, not in ./mlruns
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("drawn", (root / "artifacts").as_uri())) as run:
         gate = register_with_gate(model, holdout, spec, cfg, {}, run.info.run_id, baseline)
+    event(f"{spec.task}: {'promoted' if gate.promoted else 'did not beat the dummy'}")   # --hypothesis-show-statistics
     if not gate.promoted:   # a tiny search on 150 rows may lose to the dummy: the gate must then say so, and keep nothing
         assert "does not beat the dummy baseline" in gate.reason and not beats(gate.challenger_score, baseline, spec.greater_is_better)
         return
@@ -118,7 +119,6 @@ def run_chain(spec_dict: dict, root, monkeypatch) -> None:
     assert validate_frame(raw, spec, "current").ok
     result = run_monitor(raw, train, spec)
     assert set(result.summary["columns"]) >= {c for c in spec.feature_names if raw[c].notna().any()}
-    mlflow.set_tracking_uri(None)
 
 
 # Each example trains and serves a model (seconds), so no shrinking: a failure prints the spec it drew, as drawn.
@@ -130,7 +130,10 @@ PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 @given(spec=specs())
 def test_any_spec_the_format_allows_runs_the_whole_chain(spec, tmp_path_factory, monkeypatch):
     note("drawn spec:\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
+    try:
+        run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 @pytest.mark.slow
@@ -138,4 +141,7 @@ def test_any_spec_the_format_allows_runs_the_whole_chain(spec, tmp_path_factory,
 @given(spec=specs())
 def test_any_spec_runs_the_whole_chain_more_examples(spec, tmp_path_factory, monkeypatch):
     note("drawn spec:\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
+    try:
+        run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
+    finally:
+        mlflow.set_tracking_uri(None)

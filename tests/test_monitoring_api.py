@@ -141,3 +141,18 @@ def test_a_second_monitoring_run_while_one_is_running_is_409(app, monkeypatch):
         worker.join(10)
     assert (second.status_code, second.json()) == (409, {"detail": "a monitoring run is already in progress; retry when it finishes"})
     assert first["r"].status_code == 422
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"window_hours": -1, "colour": 1}'])
+def test_monitoring_run_checks_the_api_key_before_the_body(app, body):
+    with TestClient(app) as client:
+        r = client.post("/monitoring/run", content=body, headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (401, {"detail": "missing X-API-Key header"})
+
+
+def test_monitoring_run_with_a_non_finite_window_is_422_naming_the_field(app):
+    with TestClient(app) as client:
+        r = client.post("/monitoring/run", headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+                        content=b'{"window_hours": NaN}')
+    assert r.status_code == 422
+    assert [(e["loc"], e["input"]) for e in r.json()["detail"]] == [(["body", "window_hours"], "NaN")]

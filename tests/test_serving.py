@@ -205,6 +205,86 @@ def test_batch_body_larger_than_a_full_batch_needs_is_413_before_it_is_parsed(cl
                                                          "full batch needs; send fewer or shorter records"})
 
 
+# ------------------------------------------------------------------------------------------ hostile requests ---
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+@pytest.mark.parametrize("literal, shown, got", [("NaN", "NaN", "nan"), ("Infinity", "Infinity", "inf"),
+                                                 ("-Infinity", "-Infinity", "-inf"), ("1e999", "Infinity", "inf")])
+def test_non_finite_numbers_are_422_naming_the_field_not_a_crash(client, path, literal, shown, got):
+    body = {"records": [record(Age=12345)]} if path == "/predict/batch" else record(Age=12345)
+    loc = ["body", "records", 0, "Age"] if path == "/predict/batch" else ["body", "Age"]
+    r = client.post(path, content=json.dumps(body).replace("12345", literal), headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (422, {"detail": [{
+        "type": "finite_number", "loc": loc, "msg": f"Age must be a number from 10 to 100; got {got}", "input": shown}]})
+
+
+def test_a_missing_field_echoes_non_finite_numbers_of_the_record_as_text(client):
+    rec = record()
+    del rec["FAF"]
+    r = client.post("/predict", content=json.dumps(rec).replace("55.0", "NaN"), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    age, faf = r.json()["detail"]
+    assert (age["loc"], age["input"], faf["loc"], faf["input"]["Age"]) == (["body", "Age"], "NaN", ["body", "FAF"], "NaN")
+
+
+def test_predict_body_over_64_kib_is_413_saying_the_limit(client):
+    body = json.dumps(record()).encode() + b" " * 65_536
+    r = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (413, {"detail": f"the body has {len(body):,} bytes, more than the 65,536 one "
+                                                         "record needs; send one record per call (POST /predict/batch "
+                                                         "scores many)"})
+
+
+def test_chunked_predict_body_is_cut_off_at_64_kib_with_413(client):
+    chunks = [json.dumps(record()).encode()] + [b" " * 16_384] * 8
+    r = client.post("/predict", content=iter(chunks), headers={"Content-Type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert (r.status_code, r.json()) == (413, {"detail": "the body is larger than the 65,536 bytes one record needs; "
+                                                         "send one record per call (POST /predict/batch scores many)"})
+
+
+def test_chunked_batch_body_is_cut_off_at_the_batch_budget_with_413(client):
+    chunks = [b'{"records": []}'] + [b" " * 1_048_576] * 21
+    r = client.post("/predict/batch", content=iter(chunks), headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (413, {"detail": "the body is larger than the 20,484,096 bytes a full batch "
+                                                         "needs; send fewer or shorter records"})
+
+
+def test_invalid_batch_lists_the_first_20_errors_and_counts_the_rest(client):
+    r = client.post("/predict/batch", json={"records": [record(SMOKE="sometimes")] * 10_000})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert len(detail) == 21 and len(r.content) < 10_000
+    assert detail[19]["loc"] == ["body", "records", 19, "SMOKE"]
+    assert detail[20] == {"type": "too_many_errors", "loc": ["body"],
+                          "msg": "9,980 more errors are not listed; fix these and send the body again"}
+
+
+def test_a_huge_bad_value_is_echoed_as_a_short_prefix(client):
+    r = client.post("/predict", json=record(MTRANS="x" * 60_000))
+    assert r.status_code == 422 and len(r.content) < 2_000
+    [error] = r.json()["detail"]
+    assert error["input"] == "x" * 100 + "… (60,000 characters)"
+    assert error["msg"].startswith("MTRANS must be one of 'Automobile', 'Motorbike', 'Bike', 'Public_Transportation', "
+                                   "'Walking'; got 'xxxx")
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_prediction_bodies_must_be_sent_as_application_json(client, path, content_type):
+    body = json.dumps({"records": [record()]} if path == "/predict/batch" else record())
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = client.post(path, content=body, headers=headers)
+    assert (r.status_code, r.json()) == (415, {"detail": f"{path} takes a JSON body: send it with Content-Type: "
+                                                         f"application/json (got {content_type or 'none'})"})
+
+
+def test_json_content_type_with_a_charset_is_accepted(client):
+    r = client.post("/predict", content=json.dumps(record()), headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
 # ------------------------------------------------------------------------------------------------- reload ----
 
 @pytest.mark.parametrize("headers, status, detail", [
@@ -344,8 +424,8 @@ def test_openapi_documents_every_endpoint_and_error(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert sorted(p for p in paths if not p.startswith("/monitoring")) == [
         "/health", "/metrics", "/model", "/model/reload", "/predict", "/predict/batch", "/ready"]
-    assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "422", "503"}
-    assert set(paths["/predict/batch"]["post"]["responses"]) == {"200", "413", "422", "503"}
+    assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "503"}
+    assert set(paths["/predict/batch"]["post"]["responses"]) == {"200", "413", "415", "422", "503"}
     assert set(paths["/model/reload"]["post"]["responses"]) == {"200", "401", "403", "422", "503"}
     batch = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert batch["properties"]["records"]["maxItems"] == 10_000

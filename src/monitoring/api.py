@@ -9,12 +9,13 @@ import json
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nbs_lib.config import Settings, Spec, UserInputError
 from nbs_lib.drift import (
@@ -80,6 +81,17 @@ def with_links(summary: dict, request: Request) -> dict:
     return {**summary, "links": links}
 
 
+async def run_request(request: Request) -> RunRequest:
+    """The body of POST /monitoring/run (empty: the defaults), read only after `require_api_key` let the call in."""
+    raw = await request.body()
+    if not raw.strip():
+        return RunRequest()
+    try:
+        return RunRequest.model_validate_json(raw)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from e
+
+
 def monitoring_router() -> APIRouter:
     """GET /monitoring/latest, GET /monitoring/reports/{run}/{name}, POST /monitoring/run (X-API-Key)."""
     router = APIRouter(prefix="/monitoring", tags=["monitoring"])
@@ -106,10 +118,11 @@ def monitoring_router() -> APIRouter:
 
     @router.post("/run", response_model=MonitoringSummary, dependencies=[Depends(require_api_key)],
                  responses={401: {"model": ErrorDetail}, 403: {"model": ErrorDetail}, 409: {"model": ErrorDetail},
-                            422: {"model": ErrorDetail}, 503: {"model": ErrorDetail}})
-    async def run(request: Request, body: RunRequest | None = None) -> dict:
+                            422: {"model": ErrorDetail}, 503: {"model": ErrorDetail}},
+                 openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                     "schema": RunRequest.model_json_schema()}}}})
+    async def run(request: Request, body: Annotated[RunRequest, Depends(run_request)]) -> dict:
         """Compute a drift report from the prediction log over a window, publish it as the latest, and return it."""
-        body = body or RunRequest()
         settings, spec = project_context(request)
         if not running.acquire(blocking=False):
             raise HTTPException(status_code=409, detail="a monitoring run is already in progress; retry when it finishes")

@@ -19,11 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import nbs_lib
-from nbs_lib.serving import explain_error
 from src.monitoring.api import monitoring_router
 
+from .errors import error_response
+from .limits import BodyLimit
 from .metrics import MetricsMiddleware
-from .routes import prediction_router, system_router
+from .routes import OTHER_BODY_BYTES, PREDICT_BODY_BYTES, batch_body_bytes, prediction_router, system_router
 from .settings import ServingSettings, read_settings, resolve
 from .state import ServingState
 
@@ -56,30 +57,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.stop()
 
 
-def json_safe(err: dict) -> dict:
-    """A validation error that always serialises: undecodable bytes as text, context values as strings."""
-    out = dict(err)
-    if isinstance(out.get("input"), bytes | bytearray):
-        out["input"] = bytes(out["input"][:200]).decode("utf-8", "replace")
-    if isinstance(out.get("ctx"), dict):
-        out["ctx"] = {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in out["ctx"].items()}
-    return out
-
-
 def validation_handler(state: ServingState):
-    """422 whose messages name the field and what it accepts; 413 for a batch over the limit."""
+    """422 whose messages name the field and what it accepts (short, JSON-safe, at most MAX_ERRORS); 413 for a batch
+    over the limit."""
     async def handle(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if request.url.path not in PREDICTION_PATHS:
-            return JSONResponse(status_code=422, content={"detail": jsonable_encoder([json_safe(e) for e in errors])})
-        for err in errors:
-            if err.get("type") == "too_long" and tuple(err.get("loc", ())) == ("body", "records"):
-                n = (err.get("ctx") or {}).get("actual_length")
-                return JSONResponse(status_code=413, content={"detail": (
-                    f"a batch takes at most {state.settings.batch_limit} records, this one has {n}; "
-                    "split it into smaller batches (the server's limit is BATCH_LIMIT)")})
-        detail = [json_safe(explain_error(e, state.spec)) for e in errors]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
+        spec = state.spec if request.url.path in PREDICTION_PATHS else None
+        status, detail = error_response(list(exc.errors()), spec, state.settings.batch_limit)
+        return JSONResponse(status_code=status, content={"detail": jsonable_encoder(detail)})
     return handle
 
 
@@ -91,7 +75,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                   description=f"Serves `models:/{settings.model_name}@{settings.model_alias}` from "
                               f"{settings.mlflow_tracking_uri}. {spec.description}")
     app.state.serving = state
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(BodyLimit, limits={"/predict": PREDICT_BODY_BYTES, "/predict/batch": batch_body_bytes(settings.batch_limit)},
+                       default=OTHER_BODY_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)   # outermost: counts the 413s too
     app.add_exception_handler(RequestValidationError, validation_handler(state))
     app.include_router(system_router())
     app.include_router(prediction_router(state))

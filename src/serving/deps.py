@@ -51,3 +51,12 @@ async def require_api_key(request: Request, x_api_key: Annotated[str | None, Hea
         raise HTTPException(status_code=401, detail="missing X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
     if not secrets.compare_digest(x_api_key.encode("utf-8", "surrogateescape"), key.encode()):
         raise HTTPException(status_code=401, detail="invalid X-API-Key", headers={"WWW-Authenticate": "X-API-Key"})
+
+
+async def require_json(request: Request) -> None:
+    """Take the body only as `Content-Type: application/json`: a browser's cross-site form or text/plain POST (which
+    needs no preflight) cannot reach the endpoint."""
+    sent = request.headers.get("content-type")
+    if (sent or "").split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(status_code=415, detail=f"{request.url.path} takes a JSON body: send it with Content-Type: "
+                                                    f"application/json (got {sent or 'none'})")

@@ -4,26 +4,30 @@
 """
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from nbs_lib.config import Spec
 from nbs_lib.predictor import Prediction
 from nbs_lib.serving import NoChampion, ServedModel, as_records, batch_decoder, request_model
 
-from .deps import ModelDep, StateDep, require_api_key
+from .deps import ModelDep, StateDep, require_api_key, require_json
+from .errors import error_response
 from .metrics import CONTENT_TYPE
 from .state import ServingState
 
 log = logging.getLogger(__name__)
 
 INLINE_ROWS = 64  # larger batches are scored in a worker thread, so the event loop keeps answering
+INLINE_BYTES = 65_536  # larger batch bodies are decoded (and their errors worded) in a worker thread
+PREDICT_BODY_BYTES = 65_536  # the largest /predict body (a JSON record of the specs is ~400 bytes)
+OTHER_BODY_BYTES = 65_536  # the largest body of any other route (the app's BodyLimit)
 BYTES_PER_RECORD = 2048  # a batch body may use this much per record (a JSON record of the specs is ~400 bytes)
 
 
@@ -60,6 +64,7 @@ class Reloaded(BaseModel):
 
 
 NO_MODEL = {503: {"model": ErrorDetail, "description": "no model is served (no champion yet, or MLflow unreachable)"}}
+JSON_ONLY = {415: {"model": ErrorDetail, "description": "the body is not sent as Content-Type: application/json"}}
 KEYED = {401: {"model": ErrorDetail, "description": "missing or invalid X-API-Key"},
          403: {"model": ErrorDetail, "description": "disabled: no API_KEY configured on the server"}}
 
@@ -129,20 +134,20 @@ def answer_cache(spec: Spec):
     return answer_for
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it grows past `max_bytes` (no unbounded buffering)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(status_code=413, detail=f"the body has {int(declared):,} bytes, more than the {max_bytes:,} "
-                                                    "a full batch needs; send fewer or shorter records")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(status_code=413, detail=f"the body is larger than the {max_bytes:,} bytes a full batch "
-                                                        "needs; send fewer or shorter records")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def batch_body_bytes(limit: int) -> int:
+    """The largest /predict/batch body: BYTES_PER_RECORD for each of `limit` records, and some slack."""
+    return BYTES_PER_RECORD * limit + 4096
+
+
+def decode_or_refuse(decode: Callable[[bytes], list[dict]], raw: bytes, spec: Spec, limit: int) -> list[dict]:
+    """The batch's records, or an HTTPException whose detail lists at most MAX_ERRORS of its errors (413 when it has
+    more than `limit` records). Run in a worker thread for a large body: decoding and wording errors take time."""
+    try:
+        return decode(raw)
+    except ValidationError as e:
+        status, detail = error_response(e.errors(include_url=False), spec, limit, total=e.error_count(),
+                                        loc_prefix=("body",))
+        raise HTTPException(status_code=status, detail=detail) from e
 
 
 def score(model: ServedModel, records: list[dict]) -> Prediction:
@@ -158,13 +163,13 @@ def prediction_router(state: ServingState) -> APIRouter:
     spec, limit = state.spec, state.settings.batch_limit
     Record = request_model(spec)
     decode_batch = batch_decoder(spec, limit)
-    max_bytes = BYTES_PER_RECORD * limit + 4096
     Single, Many = response_models(spec)
     answer_for = answer_cache(spec)
     router = APIRouter(tags=["predict"])
 
-    @router.post("/predict", response_model=Single,
-                 responses={**NO_MODEL, 400: {"model": ErrorDetail, "description": "the body is not text (UTF-8)"}})
+    @router.post("/predict", response_model=Single, dependencies=[Depends(require_json)],
+                 responses={**NO_MODEL, **JSON_ONLY, 400: {"model": ErrorDetail, "description": "the body is not text (UTF-8)"},
+                            413: {"model": ErrorDetail, "description": f"a body over {PREDICT_BODY_BYTES:,} bytes"}})
     async def predict(record: Record, model: ModelDep) -> Response:
         """Score one record: the prediction, class probabilities (classification), model name and version."""
         records = as_records([record])
@@ -176,8 +181,8 @@ def prediction_router(state: ServingState) -> APIRouter:
                   "required": ["records"], "properties": {"records": {
                       "type": "array", "maxItems": limit, "items": {"$ref": f"#/components/schemas/{Record.__name__}"}}}}
 
-    @router.post("/predict/batch", response_model=Many,
-                 responses={**NO_MODEL, 413: {"model": ErrorDetail, "description": f"more than {limit} records, or a body "
+    @router.post("/predict/batch", response_model=Many, dependencies=[Depends(require_json)],
+                 responses={**NO_MODEL, **JSON_ONLY, 413: {"model": ErrorDetail, "description": f"more than {limit} records, or a body "
                                                                       "larger than a full batch needs"},
                             422: {"description": "Validation Error", "content": {"application/json": {
                                 "schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}},
@@ -186,10 +191,11 @@ def prediction_router(state: ServingState) -> APIRouter:
         """Score up to BATCH_LIMIT records `{"records": [...]}` in one call; the predictions keep their order."""
         # Validated from the raw bytes straight into plain dicts (msgspec; pydantic words the errors of a bad body):
         # several times faster than FastAPI's json.loads + one model object per record.
-        try:
-            records = decode_batch(await read_body(request, max_bytes))
-        except ValidationError as e:
-            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from e
+        raw = await request.body()   # at most batch_body_bytes(limit): BodyLimit (limits.py) answers 413 past it
+        if len(raw) > INLINE_BYTES:
+            records = await run_in_threadpool(decode_or_refuse, decode_batch, raw, spec, limit)
+        else:
+            records = decode_or_refuse(decode_batch, raw, spec, limit)
         if not records:
             return Response(content=answer_for(model).many(Prediction([], None), model), media_type="application/json")
         if len(records) > INLINE_ROWS:
