@@ -33,4 +33,5 @@ ENV PORT=8000 \
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
-CMD ["sh", "-c", "exec uvicorn src.serving.app:app --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\""]
+# src.serving.settings first: a bad setting (a placeholder API_KEY) stops the container with one line, before uvicorn.
+CMD ["sh", "-c", "python -m src.serving.settings && exec uvicorn src.serving.app:app --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\""]

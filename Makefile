@@ -12,6 +12,11 @@ SPEC ?=
 RUN_ENV := DATA="$(DATA)" PROFILE="$(PROFILE)" SPEC="$(SPEC)"
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 TUNERS ?= 1
+# Where `make jupyter` and `make mlflow-ui` listen: this machine only, unless BIND_ADDRESS=0.0.0.0 is asked for.
+BIND_ADDRESS ?= 127.0.0.1
+# JupyterLab refuses to start as root without --allow-root (a root shell in a container, say).
+USER_ID ?= $(shell id -u)
+MAKE_SECRET := python3 -c 'import secrets; print(secrets.token_urlsafe(24))'
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,15 +80,18 @@ serve: $(STAMP) ## the prediction API on :8000 over the local store's champion [
 bench-serve: $(STAMP) ## this API vs mlflow models serve vs in-process: latency, req/s, batch rows/s, errors (trains a champion if none)
 	SPEC="$(SPEC)" $(PY) -m src.bench.serve
 
-mlflow-ui: $(STAMP) ## MLflow UI on :5000 over the local store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///models/mlflow.db --host 0.0.0.0 --port 5000
+mlflow-ui: $(STAMP) ## MLflow UI on :5000 over the local store [BIND_ADDRESS=127.0.0.1]
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///models/mlflow.db --host $(BIND_ADDRESS) --port 5000
 
-jupyter: $(STAMP) ## JupyterLab on :8888
-	$(VENV)/bin/jupyter lab --ip 0.0.0.0 --port 8888 --no-browser notebooks
+jupyter: $(STAMP) ## JupyterLab on :8888, as root too [BIND_ADDRESS=127.0.0.1]
+	$(VENV)/bin/jupyter lab --ip $(BIND_ADDRESS) --port 8888 --no-browser$(if $(filter 0,$(USER_ID)), --allow-root) notebooks
 
-up: ## build and start the docker-compose stack (needs .env: cp .env.example .env, set the secrets) [TUNERS=n]
+up: ## build and start the docker-compose stack (needs .env: cp .env.example .env, set the secrets; refuses change-me ones) [TUNERS=n]
 	@test -f .env || { echo "error: no .env. Copy .env.example to .env and set POSTGRES_PASSWORD, JUPYTER_TOKEN and API_KEY."; exit 2; }
-	@! grep -qE '^(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY)="?change-me' .env || echo "warning: .env still has change-me secrets (fine on your laptop, not on a shared host; the api keeps /model/reload disabled)"
+	@bad=$$(grep -oE '^(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY)="?change-me' .env | cut -d= -f1 | paste -sd' ' -); \
+	test -z "$$bad" || { echo "error: .env still has the .env.example placeholder (change-me...) for $$bad: set each to a random URL-safe string, e.g. $(MAKE_SECRET)" >&2; exit 2; }
+	@key=$$(sed -nE 's/^API_KEY="?([^"]*)"?$$/\1/p' .env | tail -n 1); \
+	test $${#key} -ge 16 || { echo "error: API_KEY in .env has $${#key} characters, fewer than 16: set it to a random URL-safe string, e.g. $(MAKE_SECRET)" >&2; exit 2; }
 	$(COMPOSE) up -d --build --scale tuner=$(TUNERS)
 	$(COMPOSE) ps
 

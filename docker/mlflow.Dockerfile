@@ -23,4 +23,5 @@ ENV MLFLOW_WORKERS=2
 EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)"]
-CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --serve-artifacts --artifacts-destination /mlartifacts --host 0.0.0.0 --port 5000 --workers \"$MLFLOW_WORKERS\""]
+# The placeholder password (.env.example's change-me...) is refused with one line before the server starts.
+CMD ["sh", "-c", "case \"$MLFLOW_BACKEND_STORE_URI\" in *://*:change-me*@*) echo \"error: POSTGRES_PASSWORD is still the .env.example placeholder (change-me...): set POSTGRES_PASSWORD in .env to a random URL-safe string, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))'\" >&2; exit 2;; esac; exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --serve-artifacts --artifacts-destination /mlartifacts --host 0.0.0.0 --port 5000 --workers \"$MLFLOW_WORKERS\""]

@@ -18,9 +18,11 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 log = logging.getLogger("scheduler")
 
@@ -30,6 +32,7 @@ DEFAULT_JOBS = {
     # DRIFT_COMMAND="python -m src.monitoring.retrain" also runs the pipeline when the drift crosses the threshold.
     "drift": ("30 2 * * *", "python -m src.monitoring.monitor"),
 }
+HEARTBEAT = Path(tempfile.gettempdir()) / "scheduler.heartbeat"  # touched every minute; compose's health check reads it
 STOP_GRACE_S = 25.0  # how long a stopped scheduler waits for its running job (SCHEDULER_STOP_GRACE_S)
 FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 
@@ -168,11 +171,12 @@ def stop_jobs(jobs: list[Job], grace_s: float, forward: bool = True) -> None:
 
 
 def run_forever(jobs: list[Job]) -> None:
-    """Wake at each minute boundary, start the jobs whose schedule matches it."""
+    """Wake at each minute boundary, start the jobs whose schedule matches it; touch HEARTBEAT at each wake."""
     for job in jobs:
         log.info("%s: '%s' (next %s UTC) -> %s", job.name, job.cron.expr,
                  job.cron.next_after(datetime.now(UTC)).strftime("%Y-%m-%d %H:%M"), shlex.join(job.command))
     while True:
+        HEARTBEAT.touch()   # the container's health check (docker/healthcheck.py) reads its age
         now = datetime.now(UTC)
         time.sleep(60 - now.second - now.microsecond / 1e6 + 0.5)
         minute = datetime.now(UTC).replace(second=0, microsecond=0)

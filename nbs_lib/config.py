@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     n_trials: int | None = None           # N_TRIALS: overrides the profile's trial count (0: only read the study)
     n_jobs: int = 0                       # N_JOBS: threads per model fit in the search; 0: every core (set 1 when tuners share cores)
     prediction_log: Path | None = None    # PREDICTION_LOG: SQLite file the API appends scored records to
+    prediction_log_retention_days: float = Field(90, ge=0)  # PREDICTION_LOG_RETENTION_DAYS: the API deletes older rows hourly; 0: keep all
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

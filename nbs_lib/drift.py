@@ -6,6 +6,7 @@
 # %% ../notebooks/07_monitoring.ipynb #9379348e
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -499,18 +501,32 @@ def _jsonable(v):
 
 
 def _point_latest(root: Path, name: str) -> None:
-    "Swap the `latest` link to `name` atomically."
-    tmp = root / f".latest-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+    "Swap the `latest` link to `name` atomically, through a uniquely named link (no clash across containers or threads)."
+    tmp = root / f".latest-{uuid.uuid4().hex}"
     os.symlink(name, tmp)
-    os.replace(tmp, root / "latest")
+    try:
+        os.replace(tmp, root / "latest")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run_folders(root: Path) -> list[Path]:
-    "The published run folders under `root`, oldest first."
-    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.is_symlink() and RUN_NAME.match(p.name)) \
-        if Path(root).is_dir() else []
+    "The complete published run folders under `root` (those with their summary.json), oldest first."
+    return sorted(p for p in Path(root).iterdir() if RUN_NAME.match(p.name) and not p.is_symlink()
+                  and (p / "summary.json").is_file()) if Path(root).is_dir() else []
+
+
+def _claim(root: Path, stamp: str) -> str:
+    "Reserve a free run name (`stamp`, then `stamp-1`, ...) with an atomic mkdir, so no publisher overwrites another."
+    for i in range(1000):
+        name = stamp if i == 0 else f"{stamp}-{i}"
+        try:
+            os.mkdir(root / name)
+            return name
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free monitoring run name for {stamp} under {root}; remove old runs")
 
 
 def publish(result: MonitorResult, root: str | Path, keep_runs: int = 50, now: datetime | None = None) -> Path:
@@ -520,31 +536,41 @@ def publish(result: MonitorResult, root: str | Path, keep_runs: int = 50, now: d
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     os.chmod(staging, 0o755)   # mkdtemp makes it private; the API (maybe another user) serves these files
+    name = None
     try:
-        for name, snap in result.snapshots.items():
-            snap.save_html(str(staging / f"{name}.html"))
-        for i in range(1000):
-            name = stamp if i == 0 else f"{stamp}-{i}"
-            summary = _jsonable({**result.summary, "run": name})
-            (staging / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-            try:
-                os.rename(staging, root / name)   # fails if another run took this name in the meantime
-                break
-            except OSError:
-                continue
+        for report, snap in result.snapshots.items():
+            snap.save_html(str(staging / f"{report}.html"))
+        name = _claim(root, stamp)
+        summary = _jsonable({**result.summary, "run": name})
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        os.rename(staging, root / name)   # onto our own empty claim: the run appears complete, in one step
+    except BaseException:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(root / name)   # our claim, still empty
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result.summary["run"] = name
     _point_latest(root, name)
+    current = name
+    with contextlib.suppress(OSError):
+        current = os.readlink(root / "latest")   # another publisher may have switched it since
     for old in run_folders(root)[:-keep_runs]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != current:   # never the run `latest` points at, even one older than the rest (a clock behind)
+            shutil.rmtree(old, ignore_errors=True)
     return root / name
 
 
 def read_latest(root: str | Path) -> dict | None:
-    "The summary of the latest published run, or None when there is none yet."
-    path = Path(root) / "latest" / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    "The summary of the run `latest` points at, or of the newest complete run if it dangles; None when there is none."
+    root = Path(root)
+    for folder in [root / "latest", *reversed(run_folders(root))]:
+        try:
+            return json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):   # missing (dangling link, no run yet) or pruned meanwhile: the next one
+            continue
+    return None
 
 # %% ../notebooks/07_monitoring.ipynb #1b1dade1
 def monitor_sources(settings: Settings, spec: Spec, cfg: DriftSettings | None = None, current: str | Path | None = "",

@@ -26,7 +26,7 @@ def _jsonable(v):
     return v.item() if hasattr(v, "item") else v
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA', 'INSERT_JSON', 'connect', 'PredictionLog', 'read_prediction_log']
+__all__ = ['log', 'SCHEMA', 'INSERT_JSON', 'PRUNE', 'connect', 'PredictionLog', 'read_prediction_log']
 
 # %% ../notebooks/05_predictions.ipynb #824941cd
 SCHEMA = """
@@ -54,28 +54,42 @@ def connect(path: str | Path) -> sqlite3.Connection:
 # %% ../notebooks/05_predictions.ipynb #2390734a
 INSERT_JSON = ("INSERT INTO predictions (ts, model_name, model_version, prediction, record) SELECT value ->> '$[0]', "
                "value ->> '$[1]', value ->> '$[2]', value -> '$[3]', value -> '$[4]' FROM json_each(?)")
+PRUNE = "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE ts < ? LIMIT 10000)"  # short write locks
 
 
 class PredictionLog:
     "Append-only prediction log with a background writer thread; `append` never waits for the disk."
 
-    def __init__(self, path: str | Path, settle_s: float = 0.2, max_rows: int = 1_000_000, poll_s: float = 0.2):
+    def __init__(self, path: str | Path, settle_s: float = 0.2, max_rows: int = 1_000_000, poll_s: float = 0.2,
+                 retention_days: float = 0, prune_every_s: float = 3600.0):  # retention_days 0: keep every row
         if sqlite3.sqlite_version_info < (3, 38):  # `->` / `->>`; Python 3.11 wheels and Debian 12 ship 3.40+
             raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old for the prediction log; 3.38+ is needed")
         self.path = Path(path)
-        self.dropped = 0
+        self.dropped, self.restarts = 0, 0   # rows lost (a full queue, a bad row, a failing disk); writer restarts
         self._settle, self._max_rows, self._poll = settle_s, max_rows, poll_s
+        self._retention_s, self._prune_every, self._next_prune = retention_days * 86_400, prune_every_s, 0.0
         self._unwritten, self._count = 0, threading.Lock()  # rows appended but not yet on disk
         self._queue: queue.Queue = queue.Queue()
         self._conn = connect(self.path)
         self._stop = threading.Event()
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
+
+    def _ensure_writer(self) -> None:
+        "Start a new writer if the last one died (only a BaseException gets past its handlers); call under `_count`."
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self.restarts += 1
+            log.error("prediction log: the writer thread had stopped; restarted (%d restarts)", self.restarts)
+            self._start_writer()
 
     def append(self, records: list[dict], predictions: list, model_name: str, model_version: str, ts: float | None = None) -> None:
         "Queue scored records (plain Python values); returns at once."
         n = len(records)
         with self._count:
+            self._ensure_writer()
             if self._unwritten + n > self._max_rows:  # the disk cannot keep up: drop and count, never block
                 self.dropped += n
                 return
@@ -98,19 +112,77 @@ class PredictionLog:
     def _run(self) -> None:
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per commit; a crash loses no committed file
         while not (self._stop.is_set() and self._queue.empty()):
-            items = self._take()
-            rows = [[ts, name, version, _jsonable(p), r] for ts, name, version, recs, preds in items
-                    for r, p in zip(recs, preds, strict=True)]
-            if not rows:
-                continue
             try:
+                self._prune_if_due()
+            except Exception:
+                log.exception("prediction log: pruning old rows failed")
+            items = self._take()
+            n, written = sum(len(item[3]) for item in items), 0
+            try:
+                written = self._write(items)
+            except Exception:  # a bug must not end the writer: count the loss, keep going
+                log.exception("prediction log: %d rows lost to an unexpected error", n)
+            finally:  # also when a BaseException ends the thread: `flush` must not wait for these rows
+                with self._count:
+                    self.dropped += n - written
+                    self._unwritten -= n
+
+    def _write(self, items: list[tuple]) -> int:
+        "Insert the rows in one statement; if that fails, row by row, so only the bad rows are lost. Returns rows written."
+        rows, bad = [], []
+        for ts, name, version, recs, preds in items:
+            if len(recs) != len(preds):
+                bad.append(f"{len(recs)} records with {len(preds)} predictions")
+                continue
+            rows += [[ts, name, version, _jsonable(p), r] for r, p in zip(recs, preds)]
+        if not rows:
+            self._log_bad(bad)
+            return 0
+        try:
+            self._insert(rows)
+            self._log_bad(bad)
+            return len(rows)
+        except Exception as e:
+            log.warning("prediction log: a batch of %d rows failed (%s); inserting row by row", len(rows), e)
+        written = 0
+        for i, row in enumerate(rows):
+            try:
+                self._insert([row])
+                written += 1
+            except sqlite3.OperationalError as e:  # the database, not the row (disk full, locked): the rest fails too
+                bad.append(f"{len(rows) - i} rows: {e}")
+                break
+            except Exception as e:
+                bad.append(f"{e} (model {row[1]!r}, version {row[2]!r})")
+        self._log_bad(bad)
+        return written
+
+    def _insert(self, rows: list[list]) -> None:
+        with self._conn:
+            self._conn.execute(INSERT_JSON, (pydantic_core.to_json(rows, inf_nan_mode="null").decode(),))  # NaN: empty
+
+    @staticmethod
+    def _log_bad(bad: list[str]) -> None:
+        if bad:
+            log.error("prediction log: %d rows or requests lost; first: %s", len(bad), bad[0])
+
+    def _prune_if_due(self) -> None:
+        "Delete rows older than the retention, at start and then every `prune_every_s` (not on every insert)."
+        if not self._retention_s or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self._prune_every
+        cutoff, deleted = time.time() - self._retention_s, 0
+        try:
+            while True:
                 with self._conn:
-                    self._conn.execute(INSERT_JSON, (pydantic_core.to_json(rows, inf_nan_mode="null").decode(),))  # NaN: empty
-            except (sqlite3.Error, pydantic_core.PydanticSerializationError) as e:  # a full disk must not stop the API
-                self.dropped += len(rows)
-                log.error("prediction log: %d rows lost (%s)", len(rows), e)
-            with self._count:
-                self._unwritten -= len(rows)
+                    n = self._conn.execute(PRUNE, (cutoff,)).rowcount
+                deleted += n
+                if n < 10_000:
+                    break
+        except sqlite3.Error as e:
+            log.error("prediction log: could not delete rows older than the retention (%s); next try in %.0f s", e, self._prune_every)
+        if deleted:
+            log.info("prediction log: deleted %d rows older than %s", deleted, datetime.fromtimestamp(cutoff, timezone.utc).isoformat())
 
     def flush(self, timeout: float = 10.0) -> bool:
         "Wait until every row appended so far is written (or counted as dropped)."
@@ -118,6 +190,8 @@ class PredictionLog:
         while self._unwritten:
             if time.monotonic() > deadline:
                 return False
+            with self._count:
+                self._ensure_writer()
             time.sleep(0.01)
         return True
 

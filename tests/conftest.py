@@ -72,3 +72,23 @@ def isolated(tmp_path, monkeypatch) -> dict[str, str]:
 
 
 needs_real_data = pytest.mark.skipif(not REAL_TRAIN.exists(), reason=f"{REAL_TRAIN} not present (real data is optional)")
+
+
+SESSION_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
+
+
+def reset_experiment_env() -> None:
+    if SESSION_EXPERIMENT_ID is None:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    else:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = SESSION_EXPERIMENT_ID
+
+
+@pytest.fixture(autouse=True)
+def mlflow_experiment_env_restored():
+    """`mlflow.set_experiment` (in `configure_mlflow`) exports MLFLOW_EXPERIMENT_ID to this process's environment; a
+    subprocess a test starts (a pipeline kernel on another store) would inherit an id that store does not have. Reset
+    before each test (a module fixture may have set it) and after."""
+    reset_experiment_env()
+    yield
+    reset_experiment_env()

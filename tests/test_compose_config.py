@@ -7,6 +7,7 @@ the shared Optuna study, the images' base, user and pins, and the scheduler's cr
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,8 @@ SECRETS = {"POSTGRES_PASSWORD", "JUPYTER_TOKEN", "API_KEY"}
 # Keys of a service that docker-compose 1.29 understands and this stack uses; Compose v2 reads all of them.
 SERVICE_KEYS_1_29 = {"build", "image", "command", "entrypoint", "environment", "ports", "volumes", "depends_on",
                      "healthcheck", "restart", "user", "working_dir", "profiles", "networks", "expose",
-                     "stop_grace_period"}
+                     "stop_grace_period", "init", "cap_drop", "cap_add", "security_opt", "mem_limit", "read_only",
+                     "tmpfs"}
 VAR = re.compile(r"\$\{(?P<name>[A-Za-z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
@@ -210,7 +212,7 @@ def test_environment_names_are_settings_the_code_reads(services):
     fields = {f.upper() for f in Settings.model_fields} | {f"DRIFT_{f.upper()}" for f in DriftSettings.model_fields}
     read_by = {"api": {f.upper() for f in ServingSettings.model_fields} | {"WEB_CONCURRENCY"},  # uvicorn's workers
                "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND", "SCHEDULER_STOP_GRACE_S"},
-               "jupyter": {"JUPYTER_TOKEN", "HOME"}}
+               "jupyter": {"JUPYTER_TOKEN", "HOME", "JUPYTER_CONFIG_PATH", "JUPYTER_ALLOWED_HOSTS"}}
     for name in SERVICES - {"postgres", "mlflow"}:
         unknown = set(environment(services[name])) - fields - read_by.get(name, set())
         assert unknown == set(), f"{name}: nothing reads {unknown}"
@@ -226,6 +228,8 @@ def test_serving_image_installs_requirements_txt_only():
     assert "libgomp1" in runs  # LightGBM champions cannot load without OpenMP, which the slim image lacks
     assert instructions(text, "USER") == ["app"]
     assert "$WEB_CONCURRENCY" in instructions(text, "CMD")[0] and "src.serving.app:app" in instructions(text, "CMD")[0]
+    # a bad setting (a placeholder API_KEY) stops the container with one line before uvicorn starts any worker
+    assert json.loads(instructions(text, "CMD")[0])[2].startswith("python -m src.serving.settings && exec uvicorn ")
 
 
 def test_dev_image_serves_jupyterlab_with_requirements_dev():
@@ -393,3 +397,210 @@ def test_batch_services_get_time_to_stop_cleanly(services, scheduler):
     period = int(services["scheduler"]["stop_grace_period"][:-1])
     assert scheduler.STOP_GRACE_S < period
     assert float(environment(services["scheduler"])["SCHEDULER_STOP_GRACE_S"]) < period  # as set through .env
+
+
+# ------------------------------------------------------------------------------------------- safe defaults -----
+
+MAKE_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+REAL_PASSWORD = "s3cret-Pa55word-0123"
+
+
+def placeholder_refusal(name: str) -> str:
+    return (f"error: {name} is still the .env.example placeholder (change-me...): set {name} in .env to a random "
+            f"URL-safe string, e.g. {MAKE_SECRET}")
+
+
+def fake_bin(tmp_path: Path, *names: str) -> dict[str, str]:
+    """An environment whose PATH finds stand-ins for `names` (each prints `started <name> <args>`), then python."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in names:
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "started {name} $*"\n')
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def run_argv(argv: list[str], env: dict[str, str], cwd: Path = PROJECT_DIR) -> tuple[int, str, str]:
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout.strip(), done.stderr.strip()
+
+
+def test_postgres_refuses_the_placeholder_password_at_start(services, tmp_path):
+    svc = services["postgres"]
+    env = fake_bin(tmp_path, "docker-entrypoint.sh")
+    argv = [*svc["entrypoint"], *svc["command"]]
+    assert run_argv(argv, {**env, **environment(svc)}) == (2, "", placeholder_refusal("POSTGRES_PASSWORD"))
+    assert run_argv(argv, {**env, **environment(svc), "POSTGRES_PASSWORD": REAL_PASSWORD}) == \
+        (0, "started docker-entrypoint.sh postgres", "")
+
+
+def test_mlflow_refuses_the_placeholder_password_at_start(services, tmp_path):
+    svc = services["mlflow"]
+    (cmd,) = instructions(dockerfile(svc), "CMD")
+    env = {**fake_bin(tmp_path, "mlflow"), **environment(svc)}
+    assert run_argv(json.loads(cmd), env) == (2, "", placeholder_refusal("POSTGRES_PASSWORD"))
+    env["MLFLOW_BACKEND_STORE_URI"] = env["MLFLOW_BACKEND_STORE_URI"].replace("change-me-postgres", REAL_PASSWORD)
+    code, out, err = run_argv(json.loads(cmd), env)
+    assert (code, err) == (0, "") and out.startswith("started mlflow server --backend-store-uri postgresql+psycopg2://")
+
+
+@pytest.mark.parametrize(("service", "variable"), [("tuner", "POSTGRES_PASSWORD"), ("pipeline", "POSTGRES_PASSWORD"),
+                                                   ("scheduler", "POSTGRES_PASSWORD"), ("jupyter", "JUPYTER_TOKEN")])
+def test_dev_image_services_refuse_placeholder_secrets_at_start(services, tmp_path, service, variable):
+    svc = services[service]
+    assert "entrypoint" not in svc  # the dev image's own entry point runs first
+    assert instructions((PROJECT_DIR / "dev.Dockerfile").read_text(), "ENTRYPOINT") == \
+        ['["sh", "/app/docker/entrypoint.sh"]']
+    argv = ["sh", str(PROJECT_DIR / "docker" / "entrypoint.sh"), "echo", "started"]
+    env = {**fake_bin(tmp_path), **environment(svc)}
+    assert run_argv(argv, env) == (2, "", placeholder_refusal(variable))
+    if variable == "JUPYTER_TOKEN":  # its password is checked too
+        assert run_argv(argv, {**env, "JUPYTER_TOKEN": "a-real-token-0123"}) == \
+            (2, "", placeholder_refusal("POSTGRES_PASSWORD"))
+    # real secrets pass the check (no Postgres here: a SQLite study skips the store set-up)
+    real = {**env, "JUPYTER_TOKEN": "a-real-token-0123", "OPTUNA_STORAGE": f"sqlite:///{tmp_path}/optuna.db"}
+    assert run_argv(argv, real) == (0, "started", "")
+
+
+def test_make_up_refuses_placeholder_or_short_secrets(tmp_path, env_example):
+    shutil.copy(PROJECT_DIR / "Makefile", tmp_path / "Makefile")
+
+    def up(**secrets) -> tuple[int, str, str]:
+        (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in {**env_example, **secrets}.items()))
+        return run_argv(["make", "--no-print-directory", "-s", "up", "COMPOSE=echo compose"],
+                        {"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+
+    code, out, err = up()
+    assert (code, out, err.splitlines()[0]) == (2, "", "error: .env still has the .env.example placeholder "
+                                                       "(change-me...) for POSTGRES_PASSWORD JUPYTER_TOKEN API_KEY: set "
+                                                       f"each to a random URL-safe string, e.g. {MAKE_SECRET}")
+    real = {"POSTGRES_PASSWORD": REAL_PASSWORD, "JUPYTER_TOKEN": "a-real-token-0123"}
+    assert up(**real)[0] == 2 and "for API_KEY:" in up(**real)[2]
+    code, out, err = up(**real, API_KEY='"fifteen-chars-k"')
+    assert (code, err.splitlines()[0]) == (2, "error: API_KEY in .env has 15 characters, fewer than 16: set it to a "
+                                              f"random URL-safe string, e.g. {MAKE_SECRET}")
+    assert up(**real, API_KEY="sixteen-chars-ok") == (0, "compose up -d --build --scale tuner=1\ncompose ps", "")
+
+
+@pytest.mark.parametrize(("uid", "allow_root"), [("0", True), ("1000", False)])
+def test_make_jupyter_adds_allow_root_only_for_root(uid, allow_root):
+    code, out, err = run_argv(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "jupyter",
+                               f"USER_ID={uid}"], {"PATH": "/usr/bin:/bin"})
+    flag = " --allow-root" if allow_root else ""
+    assert (code, out) == (0, f".venv/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser{flag} notebooks"), err
+
+
+def test_make_jupyter_uses_allow_root_when_run_as_root_by_default():
+    out = run_argv(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "jupyter"], {"PATH": "/usr/bin:/bin"})[1]
+    assert ("--allow-root" in out) == (os.getuid() == 0)
+
+
+def test_every_container_runs_with_init_no_capabilities_no_new_privileges_and_a_memory_limit(services, env_example):
+    for name, svc in services.items():
+        assert svc["init"] is True, name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert svc["security_opt"] == ["no-new-privileges:true"], name
+        assert svc["mem_limit"] == env_example[f"{name.upper()}_MEM_LIMIT"], name
+        # postgres's entrypoint chowns its folders as root, then drops to the postgres user: only that is added back
+        assert svc.get("cap_add", []) == (["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+                                          if name == "postgres" else []), name
+
+
+def test_api_and_mlflow_run_on_a_read_only_root_with_a_tmpfs(services):
+    read_only = {n for n, s in services.items() if s.get("read_only")}
+    assert read_only == {"api", "mlflow"}
+    for name in read_only:
+        assert services[name]["tmpfs"] == ["/tmp"], name
+        writable = {v.split(":")[1] for v in services[name]["volumes"]}
+        assert writable == ({"/app/data", "/app/reports"} if name == "api" else {"/mlartifacts"}), name
+
+
+def test_ui_ports_bind_to_localhost_unless_the_user_opts_in(services, env_example):
+    assert env_example["BIND_ADDRESS"] == "127.0.0.1"
+    for name in ("mlflow", "api", "jupyter"):
+        (mapping,) = services[name]["ports"]
+        assert mapping.startswith("127.0.0.1:"), name
+    opted_in = resolve(yaml.safe_load(COMPOSE_FILE.read_text()), {**env_example, "BIND_ADDRESS": "0.0.0.0"})["services"]
+    assert opted_in["mlflow"]["ports"] == ["0.0.0.0:5000:5000"]
+    assert "ports" not in services["postgres"]
+
+
+def test_jupyter_keeps_its_token_and_host_check(services):
+    env = environment(services["jupyter"])
+    assert env["JUPYTER_TOKEN"] == "change-me-jupyter"  # from .env, required (and refused while a placeholder)
+    assert env["JUPYTER_CONFIG_PATH"] == "/app/docker/jupyter"
+    config_file = PROJECT_DIR / "docker" / "jupyter" / "jupyter_server_config.py"
+    from traitlets.config import Config
+
+    for allowed, names in (("", ["localhost"]), ("lab.example.org, ,gpu-box", ["localhost", "lab.example.org", "gpu-box"])):
+        c = Config()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("JUPYTER_ALLOWED_HOSTS", allowed)
+            exec(compile(config_file.read_text(), str(config_file), "exec"), {"get_config": lambda c=c: c})
+        # listening on 0.0.0.0 would turn the host check off by default: it stays on
+        assert (c.ServerApp.allow_remote_access, c.ServerApp.local_hostnames) == (False, names)
+    assert "ServerApp.token" not in config_file.read_text() and "--ServerApp.token" not in \
+        (PROJECT_DIR / "dev.Dockerfile").read_text()
+
+
+def test_batch_services_have_health_checks_on_their_process(services):
+    expected = {"tuner": ["src.tune"], "pipeline": ["src.pipeline"],
+                "scheduler": ["docker/scheduler.py", "--heartbeat", "/tmp/scheduler.heartbeat", "--max-age", "180"]}
+    for name, args in expected.items():
+        assert services[name]["healthcheck"]["test"] == ["CMD", "python", "/app/docker/healthcheck.py", *args], name
+        assert args[0] in " ".join(services[name]["command"]), name
+
+
+@pytest.fixture(scope="module")
+def healthcheck():
+    spec = importlib.util.spec_from_file_location("compose_healthcheck", PROJECT_DIR / "docker" / "healthcheck.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_health_check_passes_for_a_live_process_and_fails_when_it_is_gone_or_a_zombie(healthcheck, tmp_path):
+    marker = f"hc-marker-{os.getpid()}-{time.monotonic_ns()}"
+    assert healthcheck.problem(marker) == f"no running process with {marker!r} in its command line (found: none)"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        deadline = time.monotonic() + 10
+        while healthcheck.problem(marker) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert healthcheck.problem(marker) is None
+        assert healthcheck.main([marker]) == 0
+        beat = tmp_path / "beat"
+        assert healthcheck.problem(marker, beat) == f"{beat} does not exist: the process has not reached its main loop"
+        beat.touch()
+        assert healthcheck.problem(marker, beat, 180) is None
+        os.utime(beat, (time.time() - 200, time.time() - 200))
+        assert healthcheck.problem(marker, beat, 180) == f"{beat} is 200 s old (more than 180 s): the process is stuck"
+        live.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while healthcheck.processes(marker) != {live.pid: "T"} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert healthcheck.problem(marker) == \
+            f"no running process with {marker!r} in its command line (found: {{{live.pid}: 'T'}})"  # stopped
+        live.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # a zombie (dead, not reaped yet) has an empty command line: no running process
+        assert healthcheck.problem(marker) == f"no running process with {marker!r} in its command line (found: none)"
+        assert healthcheck.main([marker]) == 1
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_scheduler_touches_its_heartbeat_each_minute(scheduler, monkeypatch, tmp_path):
+    monkeypatch.setattr(scheduler, "HEARTBEAT", tmp_path / "scheduler.heartbeat")
+
+    def stop(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scheduler.time, "sleep", stop)
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.run_forever([])
+    assert (tmp_path / "scheduler.heartbeat").exists()

@@ -156,3 +156,22 @@ def test_monitoring_run_with_a_non_finite_window_is_422_naming_the_field(app):
                         content=b'{"window_hours": NaN}')
     assert r.status_code == 422
     assert [(e["loc"], e["input"]) for e in r.json()["detail"]] == [(["body", "window_hours"], "NaN")]
+
+
+def test_the_api_prediction_log_deletes_rows_older_than_prediction_log_retention_days(project_env, tmp_path, monkeypatch):
+    import time
+
+    from nbs_lib.predictions import PredictionLog, read_prediction_log
+    from src.serving.app import create_app
+
+    db = tmp_path / "predictions.db"
+    old = PredictionLog(db)
+    old.append([{"Age": 1.0}, {"Age": 2.0}], ["a", "b"], "obesity", "1", ts=time.time() - 31 * 86_400)
+    old.append([{"Age": 3.0}], ["c"], "obesity", "1", ts=time.time() - 29 * 86_400)
+    old.close()
+    monkeypatch.setenv("PREDICTION_LOG", str(db))
+    monkeypatch.setenv("PREDICTION_LOG_RETENTION_DAYS", "30")
+    app = create_app()
+    with TestClient(app):
+        assert app.state.serving.prediction_log.flush()
+    assert read_prediction_log(db)["Age"].tolist() == [3.0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
 import sys
 
 import mlflow
@@ -303,8 +305,8 @@ def test_reload_with_the_key_keeps_the_current_champion_when_unchanged(client, c
                                               "previous_version": v})
 
 
-@pytest.mark.parametrize("key", [None, "change-me-api"])
-def test_reload_is_disabled_when_no_real_key_is_configured(trained_project, monkeypatch, key):
+@pytest.mark.parametrize("key", [None, ""])
+def test_reload_is_disabled_when_no_key_is_configured(trained_project, monkeypatch, key):
     from src.serving.app import create_app
 
     for k, v in trained_project.items():
@@ -317,6 +319,41 @@ def test_reload_is_disabled_when_no_real_key_is_configured(trained_project, monk
     r = client.post("/model/reload", headers={"X-API-Key": "change-me-api"})
     assert (r.status_code, r.json()) == (403, {"detail": "POST /model/reload is disabled: no API_KEY is configured on "
                                                          "the server; set API_KEY to enable it"})
+
+
+HOW_TO_SET_THE_KEY = ("set API_KEY to a random string (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+                      "or unset it to disable the keyed endpoints. Fix the environment variable.")
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("change-me-api", "API_KEY is still the .env.example placeholder (change-me...)"),
+    ("change-me-but-much-longer-than-16", "API_KEY is still the .env.example placeholder (change-me...)"),
+    ("fifteen-chars-k", "API_KEY has 15 characters, fewer than 16"),
+])
+def test_placeholder_or_short_api_key_is_refused_at_start_with_one_line(monkeypatch, key, reason):
+    from nbs_lib.config import UserInputError
+    from src.serving.app import create_app
+
+    monkeypatch.setenv("API_KEY", key)
+    with pytest.raises(UserInputError) as refused:
+        create_app()
+    assert str(refused.value) == f"Invalid serving setting: {reason}: {HOW_TO_SET_THE_KEY}"
+    assert key not in str(refused.value)   # the secret itself is never printed
+    # what the container runs before uvicorn (Dockerfile CMD), and uvicorn itself: exit 2, one line, no traceback
+    env = {**os.environ, "API_KEY": key}
+    for cmd in ([sys.executable, "-m", "src.serving.settings"],
+                [sys.executable, "-m", "uvicorn", "src.serving.app:app", "--port", "0"]):
+        done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr.splitlines()[-1:]) == \
+            (2, [f"error: Invalid serving setting: {reason}: {HOW_TO_SET_THE_KEY}"]), done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_a_key_of_16_characters_enables_the_keyed_endpoints(monkeypatch):
+    from src.serving.settings import read_settings
+
+    monkeypatch.setenv("API_KEY", "k" * 16)
+    assert read_settings().reload_key == "k" * 16
 
 
 # ------------------------------------------------------------------------------------ metrics and the log -----

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import nbs_lib
+from nbs_lib.config import UserInputError
 from src.monitoring.api import monitoring_router
 
 from .errors import error_response
@@ -88,6 +90,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 def __getattr__(name: str) -> FastAPI:
     """`src.serving.app:app` for uvicorn, built from the environment on first access."""
     if name == "app":
-        globals()["app"] = built = create_app()
+        try:
+            globals()["app"] = built = create_app()
+        except UserInputError as e:   # one line, not a traceback (the Dockerfile checks first: src.serving.settings)
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

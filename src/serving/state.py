@@ -142,7 +142,8 @@ class ServingState:
             os.environ.setdefault(k, v)
         if self.settings.log_predictions:
             try:
-                self.prediction_log = PredictionLog(self.settings.prediction_log)
+                self.prediction_log = PredictionLog(
+                    self.settings.prediction_log, retention_days=self.project.prediction_log_retention_days)
                 self.metrics.log_dropped.set_function(lambda: self.prediction_log.dropped)
             except Exception:  # a read-only volume must not keep the API down; the loss is visible in the log
                 log.exception("cannot open the prediction log %s; predictions are not logged", self.settings.prediction_log)
