@@ -106,3 +106,19 @@ def test_a_table_below_min_rows_is_refused_with_the_fix_and_nothing_written(tmp_
     err = capsys.readouterr().err
     assert "60 rows" in err and "at least 100 rows are needed (the spec's min_rows" in err and "lower min_rows" in err
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "reports").exists()
+
+
+def test_a_target_the_features_do_not_explain_is_registered_not_promoted_and_exits_1(tmp_path):
+    spec_dict = {"name": "noise", "task": "regression", "target": "y", "model_name": "noise", "primary_metric": "rmse",
+                 "min_rows": 50, "features": {"a": {"kind": "numeric", "min": 0, "max": 1}, "b": {"kind": "numeric", "min": 0, "max": 1}},
+                 "synthetic": {"rows": 300, "seed": 4, "target": {"expression": "0 * a", "noise_std": 10}}}
+    csv = tmp_path / "noise.csv"
+    generate_synthetic(Spec.model_validate(spec_dict)).to_csv(csv, index=False)
+    env = isolated_env(tmp_path) | {"SPEC": str(write_spec(spec_dict, tmp_path)), "DATA": str(csv), "N_TRIALS": "3"}
+    proc = run_pipeline(env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "does not beat the dummy baseline (always the mean of the training target)" in proc.stdout
+    assert "registered but not promoted; the champion is where it was" in proc.stderr
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    assert client.get_model_version("noise", "1").tags["gate.decision"] == "rejected"
+    assert client.get_registered_model("noise").aliases == {}
