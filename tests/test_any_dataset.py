@@ -121,6 +121,15 @@ def run_chain(spec_dict: dict, root, monkeypatch) -> None:
     assert set(result.summary["columns"]) >= {c for c in spec.feature_names if raw[c].notna().any()}
 
 
+def check_drawn(spec: dict, tmp_path_factory, monkeypatch) -> None:
+    "The chain on one drawn spec, in a folder of its own; a failure prints the spec as YAML."
+    note("drawn spec:\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    try:
+        run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 # Each example trains and serves a model (seconds), so no shrinking: a failure prints the spec it drew, as drawn.
 PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
                 derandomize=True, phases=[Phase.explicit, Phase.generate], print_blob=True)
@@ -129,19 +138,11 @@ PROPERTY = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 @settings(max_examples=15, **PROPERTY)
 @given(spec=specs())
 def test_any_spec_the_format_allows_runs_the_whole_chain(spec, tmp_path_factory, monkeypatch):
-    note("drawn spec:\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    try:
-        run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
-    finally:
-        mlflow.set_tracking_uri(None)
+    check_drawn(spec, tmp_path_factory, monkeypatch)
 
 
 @pytest.mark.slow
 @settings(max_examples=60, **(PROPERTY | {"derandomize": False}))
 @given(spec=specs())
 def test_any_spec_runs_the_whole_chain_more_examples(spec, tmp_path_factory, monkeypatch):
-    note("drawn spec:\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    try:
-        run_chain(spec, tmp_path_factory.mktemp("drawn"), monkeypatch)
-    finally:
-        mlflow.set_tracking_uri(None)
+    check_drawn(spec, tmp_path_factory, monkeypatch)
