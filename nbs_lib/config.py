@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
-__all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'RESERVED_COLUMNS', 'SQLITE_HEADER',
-           'UserInputError', 'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings',
-           'get_settings', 'as_levels', 'FeatureSpec', 'Spec', 'resolve_spec_path', 'available_specs', 'load_spec',
-           'spec_sha256', 'notebook_context', 'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store',
-           'check_optuna_storage']
+__all__ = ['PROFILES', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS', 'REGRESSION_METRICS', 'RESERVED_COLUMNS',
+           'REFERENCE_ARTIFACT', 'SQLITE_HEADER', 'UserInputError', 'find_project_dir', 'Profile',
+           'absolute_sqlite_url', 'Settings', 'read_settings', 'get_settings', 'as_levels', 'FeatureSpec', 'Spec',
+           'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'Products',
+           'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store', 'check_optuna_storage']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -293,6 +294,41 @@ def notebook_context(spec: str = "", data: str = "", profile: str = "", work_dir
     folder.mkdir(parents=True, exist_ok=True)
     return settings, load_spec(settings.spec, settings.project_dir), folder
 
+# %% ../notebooks/00_config.ipynb #a7e1c0d2
+REFERENCE_ARTIFACT = "reference/train.parquet"   # in each registered version's MLflow run: the drift monitor's reference
+
+
+@dataclass(frozen=True)
+class Products:
+    """The files one pipeline run's notebooks hand to each other, all in the run's work folder.
+
+    | product      | written by     | read by                  | holds                                                  |
+    |--------------|----------------|--------------------------|--------------------------------------------------------|
+    | `train`      | 04_processing  | 05_tuning, 07_registry   | parquet: the cleaned training split (features, target) |
+    | `holdout`    | 04_processing  | 05_tuning, 07_registry   | parquet: the holdout, same columns                     |
+    | `best_trial` | 05_tuning      | 07_registry              | JSON: `tuning.study_summary` (`best_config`, scores)   |
+    | `summary`    | 07_registry    | `src.pipeline`           | JSON: run id, gate decision, holdout metrics, lineage  |
+
+    The registry also logs `train` to the model's run as `REFERENCE_ARTIFACT`: the reference drift is measured from.
+    """
+    work_dir: Path
+
+    @property
+    def train(self) -> Path:
+        return Path(self.work_dir) / "train.parquet"
+
+    @property
+    def holdout(self) -> Path:
+        return Path(self.work_dir) / "holdout.parquet"
+
+    @property
+    def best_trial(self) -> Path:
+        return Path(self.work_dir) / "best_trial.json"
+
+    @property
+    def summary(self) -> Path:
+        return Path(self.work_dir) / "summary.json"
+
 # %% ../notebooks/00_config.ipynb #58e8076b
 def configure_mlflow(settings: Settings, spec: Spec) -> str:
     "Point MLflow at the settings' tracking URI and return the id of the spec's experiment, creating it if needed."
@@ -359,7 +395,7 @@ def check_mlflow_store(settings: Settings) -> None:
 
 def check_optuna_storage(settings: Settings) -> None:
     """Fail fast, with the fix, when OPTUNA_STORAGE names a database that cannot be reached: the batch run checks
-    it before any notebook runs (not in the experiments notebook, after EDA and processing), a tuner before it joins."""
+    it before any notebook runs (not in the tuning notebook, after EDA and processing), a tuner before it joins."""
     url = settings.optuna_storage
     if url.startswith("sqlite:"):
         return check_sqlite_store(url, "OPTUNA_STORAGE")

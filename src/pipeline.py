@@ -1,8 +1,7 @@
 """The batch run: check the inputs, copy the raw data once, execute the notebooks with papermill.
 
-The notebooks run in order in one kernel that is started and warmed up (every module they import loaded, MLflow's
-stores opened) while the preflight runs, and reset between notebooks so each starts from an empty namespace; see
-`src.runner.NotebookRun`.
+The pipeline notebooks run in dependency order, each with stock papermill in a fresh kernel of its own, so a
+notebook sees only what the ones before it wrote (`nbs_lib.config.Products`), never their variables.
 
 `make pipeline [DATA=... PROFILE=smoke|full SPEC=...]` runs `python -m src.pipeline`. Bad input stops the run before
 anything is written; a failing notebook leaves the registry's champion, `data/raw` and `reports/` as they were
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbs_lib.config import (
+    Products,
     Settings,
     Spec,
     UserInputError,
@@ -34,10 +34,68 @@ from nbs_lib.config import (
     load_spec,
 )
 from nbs_lib.data import ingest_raw, read_table, require_target, write_synthetic_csv
-from src.runner import NotebookFailed, NotebookRun, RunInterrupted
 from src.signals import sigterm_as_interrupt
 
 log = logging.getLogger("pipeline")
+
+PIPELINE_NOTEBOOKS = (  # in the order they run: each reads what the ones before it wrote; the registry (the gate) last
+    "03_eda.ipynb", "04_processing.ipynb", "05_tuning.ipynb", "07_registry.ipynb")
+
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]  # not the "running over TCP without encryption" note, per kernel
+
+
+class NotebookFailed(Exception):
+    """A notebook raised; the message names it, the failing cell's error and where the executed copy is."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; `notebook` is the one that was running (None: before the first began)."""
+
+    def __init__(self, notebook: str | None, promoted_version: str | None = None):
+        super().__init__(notebook)
+        self.notebook, self.promoted_version = notebook, promoted_version
+
+
+def execute_notebook(settings: Settings, name: str, params: dict, out_dir: Path) -> None:
+    """Execute one notebook with papermill in a kernel of its own; a failing cell becomes `NotebookFailed`.
+
+    The kernel runs in a session of its own (jupyter_client starts it so), where a terminal's Ctrl-C does not reach
+    it. So the kernel manager is ours: when Ctrl-C or SIGTERM interrupts papermill, the kernel is killed before
+    this returns, and nothing the notebook does can follow the interrupt (registration cannot promote after it).
+    """
+    import papermill as pm
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    nb_dir = settings.project_dir / "notebooks"
+    kernel = AsyncKernelManager(kernel_name="python3")
+    started = time.perf_counter()
+    log.info("running %s", name)
+    try:
+        pm.execute_notebook(nb_dir / name, out_dir / name, parameters=params, cwd=str(nb_dir), kernel_name="python3",
+                            progress_bar=False, log_output=False, km=kernel, extra_arguments=KERNEL_ARGUMENTS)
+    except KeyboardInterrupt:
+        raise RunInterrupted(name) from None
+    except pm.PapermillExecutionError as e:
+        raise NotebookFailed(
+            f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. Nothing was promoted; "
+            f"the champion, data/raw and reports/ are unchanged. The executed copy is {out_dir / name}.") from e
+    except Exception as e:  # nbclient's DeadKernelError and the like: the kernel itself is gone
+        raise NotebookFailed(
+            f"Notebook {name} stopped: {type(e).__name__}: {str(e)[:300]}. Its kernel died or stopped answering "
+            "(out of memory? see `dmesg`); try PROFILE=smoke or a machine with more memory. Nothing was promoted; "
+            "the champion, data/raw and reports/ are unchanged.") from e
+    finally:
+        if kernel.has_kernel:
+            run_sync(kernel.shutdown_kernel)(now=True)
+    log.info("%s done in %.1f s", name, time.perf_counter() - started)
+
+
+def execute_notebooks(settings: Settings, params: dict, out_dir: Path,
+                      notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS) -> None:
+    """Each notebook in turn; the first that fails stops the run, so registration never follows a failure."""
+    for name in notebooks:
+        execute_notebook(settings, name, params, out_dir)
 
 @dataclass
 class PreparedInput:
@@ -78,17 +136,35 @@ def notebook_parameters(settings: Settings, prepared: PreparedInput, run_id: str
             "work_dir": str(work_dir), "mlflow_run_id": run_id}
 
 
+def notebooks_as_html(out_dir: Path, html_dir: Path) -> None:
+    """Each executed notebook as one self-contained HTML page (images inline, no script from a CDN): the MLflow UI
+    shows an HTML artifact in the browser, so the run's notebooks read there as they do in `reports/`."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, mathjax_url="", require_js_url="")
+    html_dir.mkdir(parents=True, exist_ok=True)
+    for nb in sorted(out_dir.glob("*.ipynb")):
+        body, _ = exporter.from_notebook_node(nbformat.read(nb, as_version=4))
+        (html_dir / f"{nb.stem}.html").write_text(body)
+
+
 def finish_run(settings: Settings, run_id: str, out_dir: Path, work_dir: Path, status: str) -> dict:
-    """Log executed notebooks and the summary to the run; publish the notebooks to reports/ only on success."""
+    """Log executed notebooks (and their HTML) and the summary to the run; publish the notebooks to reports/ only
+    on success."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    summary = json.loads((work_dir / "summary.json").read_text()) if (work_dir / "summary.json").exists() else {}
+    products = Products(work_dir)
+    summary = json.loads(products.summary.read_text()) if products.summary.exists() else {}
     if status == "FINISHED":
         summary_path = work_dir / "run_summary.json"
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
         client.log_artifact(run_id, str(summary_path))
         client.log_artifacts(run_id, str(out_dir), artifact_path="notebooks")
+        notebooks_as_html(out_dir, work_dir / "html")
+        client.log_artifacts(run_id, str(work_dir / "html"), artifact_path="notebooks/html")
         target = settings.reports_dir / "notebooks"
         target.mkdir(parents=True, exist_ok=True)
         for nb in out_dir.glob("*.ipynb"):
@@ -112,19 +188,18 @@ def run_pipeline(settings: Settings, timings: dict[str, float] | None = None) ->
     out_dir.mkdir()
     work_dir.mkdir()
     try:
-        with NotebookRun(settings, out_dir) as notebooks:  # the kernel warms up beside the preflight
-            prepared = prepare_input(settings, spec, staging)
-            run_id = start_parent_run(settings, spec, prepared)
-            timings["preflight"] = time.perf_counter() - started
-            try:
-                notebooks.run(notebook_parameters(settings, prepared, run_id, work_dir))
-                timings["notebooks"] = time.perf_counter() - started - timings["preflight"]
-            except RunInterrupted as e:
-                finish_run(settings, run_id, out_dir, work_dir, "KILLED")
-                raise RunInterrupted(e.notebook, promoted_by(settings, spec, run_id)) from None
-            except BaseException:
-                finish_run(settings, run_id, out_dir, work_dir, "FAILED")
-                raise
+        prepared = prepare_input(settings, spec, staging)
+        run_id = start_parent_run(settings, spec, prepared)
+        timings["preflight"] = time.perf_counter() - started
+        try:
+            execute_notebooks(settings, notebook_parameters(settings, prepared, run_id, work_dir), out_dir)
+            timings["notebooks"] = time.perf_counter() - started - timings["preflight"]
+        except RunInterrupted as e:
+            finish_run(settings, run_id, out_dir, work_dir, "KILLED")
+            raise RunInterrupted(e.notebook, promoted_by(settings, spec, run_id)) from None
+        except BaseException:
+            finish_run(settings, run_id, out_dir, work_dir, "FAILED")
+            raise
     except (UserInputError, RunInterrupted) as e:
         if not getattr(e, "notebook", None):
             shutil.rmtree(staging, ignore_errors=True)  # nothing ran; a stopped notebook's copy is kept for reading

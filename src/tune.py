@@ -1,7 +1,7 @@
 """An Optuna worker: adds trials to the shared study until it holds `--target-trials` finished trials.
 
 Many workers (processes, containers, machines) run this against one study in one RDB storage (OPTUNA_STORAGE, e.g.
-postgresql://...) and the same OPTUNA_STUDY name; the pipeline's registration notebook then takes the study's best
+postgresql://...) and the same OPTUNA_STUDY name; the pipeline's registry notebook then takes the study's best
 trial. `docker-compose up --scale tuner=3` runs three of them. Each worker logs its trials as nested MLflow runs
 under a run of its own.
 """

@@ -2,7 +2,7 @@
 compiled predictor, prediction log, drift monitor): nullable features (numeric and categorical, a share and `true`),
 column names that are not Python names, a derived feature over backticked names, and integer-like class labels.
 
-`register_champion` registers a model of it the way 04_registration does (`register_with_gate`, with the training
+`register_champion` registers a model of it the way 07_registry does (`register_with_gate`, with the training
 split logged as `reference/train.parquet`) in a store under a folder of the test's own."""
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ def test_the_monitoring_notebook_runs_under_papermill_with_parameters(isolated, 
     import papermill as pm
 
     started = time.time()
-    pm.execute_notebook(PROJECT_DIR / "notebooks" / "07_monitoring.ipynb", tmp_path / "executed.ipynb",
+    pm.execute_notebook(PROJECT_DIR / "notebooks" / "11_drift.ipynb", tmp_path / "executed.ipynb",
                         parameters={"current": str(synthetic["drifted"]), "reference": str(synthetic["reference"]),
                                     "reports_dir": str(tmp_path / "monitoring")},
                         cwd=str(PROJECT_DIR / "notebooks"), kernel_name="python3", progress_bar=False)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from nbs_lib.config import configure_mlflow, get_settings, load_spec
 from nbs_lib.registry import champion_version, register_with_gate
 
-NOTEBOOKS = ["01_eda.ipynb", "02_processing.ipynb", "03_experiments.ipynb", "04_registration.ipynb"]
+NOTEBOOKS = ["03_eda.ipynb", "04_processing.ipynb", "05_tuning.ipynb", "07_registry.ipynb"]
 
 
 def tree_state(*folders: str | Path) -> dict[str, str]:
@@ -70,7 +70,13 @@ def test_run_logs_executed_notebooks_summary_and_reference(trained_project):
     client = MlflowClient()
     top = {a.path for a in client.list_artifacts(champ.run_id)}
     assert {"notebooks", "run_summary.json", "reference"} <= top
-    assert sorted(Path(a.path).name for a in client.list_artifacts(champ.run_id, "notebooks")) == NOTEBOOKS
+    logged = [Path(a.path).name for a in client.list_artifacts(champ.run_id, "notebooks")]
+    assert sorted(n for n in logged if n.endswith(".ipynb")) == NOTEBOOKS
+    pages = sorted(Path(a.path).name for a in client.list_artifacts(champ.run_id, "notebooks/html"))
+    assert pages == [n.replace(".ipynb", ".html") for n in NOTEBOOKS]  # the MLflow UI opens these
+    page = Path(mlflow.artifacts.download_artifacts(run_id=champ.run_id, artifact_path="notebooks/html/07_registry.html"))
+    html = page.read_text()
+    assert "data:image/png;base64" in html and not re.findall(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""", html)
     assert [Path(a.path).name for a in client.list_artifacts(champ.run_id, "reference")] == ["train.parquet"]
     run = client.get_run(champ.run_id)
     assert run.info.status == "FINISHED"
@@ -80,31 +86,23 @@ def test_run_logs_executed_notebooks_summary_and_reference(trained_project):
 def test_executed_notebooks_land_in_reports_with_outputs(trained_project):
     out = Path(trained_project["REPORTS_DIR"]) / "notebooks"
     assert sorted(p.name for p in out.glob("*.ipynb")) == NOTEBOOKS
-    eda = json.loads((out / "01_eda.ipynb").read_text())
+    eda = json.loads((out / "03_eda.ipynb").read_text())
     images = [o for c in eda["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 4  # class balance, distributions, category mix, correlations (seaborn plots are kept)
     params = [c for c in eda["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and "data/raw" in "".join(params[0]["source"]).replace(os.sep, "/")
 
 
-def test_warm_kernel_leaves_no_trace_in_the_executed_notebooks(trained_project):
-    """The kernel imported the notebooks' modules before they ran and was reset between them; no copy may show it."""
-    from src.runner import KERNEL_SOURCES
-
+def test_executed_notebooks_read_cleanly_no_stderr_or_traceback(trained_project):
+    """What a data scientist reads: each notebook ran in its own kernel from execution count 1, and no cell shows a
+    stderr block (library logs, warnings) or an error."""
     for name in NOTEBOOKS:
         nb = json.loads((Path(trained_project["REPORTS_DIR"]) / "notebooks" / name).read_text())
-        counts = [c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code"]
-        assert counts == list(range(1, len(counts) + 1)), name  # neither warm-up nor reset took an execution count
-        text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
-        assert not set(KERNEL_SOURCES) & set(re.findall(r"\w+", text)), name  # no kernel-side helper shows
-
-
-def test_kernel_warm_up_imports_what_every_notebook_imports():
-    from src.runner import notebook_modules
-
-    eda = notebook_modules(PROJECT_DIR / "notebooks" / "01_eda.ipynb")
-    assert {"seaborn", "matplotlib.pyplot", "nbs_lib.data"} <= set(eda) and "__future__" not in eda
-    assert "mlflow" in notebook_modules(PROJECT_DIR / "notebooks" / "04_registration.ipynb")
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), name
+        noise = [(i, o.get("text", o.get("ename", ""))[:200]) for i, c in enumerate(code) for o in c.get("outputs", [])
+                 if o.get("name") == "stderr" or o["output_type"] == "error"]
+        assert not noise, (name, noise)
 
 
 def _notebooks(folder: Path, cells: dict[str, list[str]]) -> tuple[str, ...]:
@@ -118,44 +116,27 @@ def _notebooks(folder: Path, cells: dict[str, list[str]]) -> tuple[str, ...]:
     return tuple(cells)
 
 
-def test_a_notebook_leaves_nothing_to_the_next_in_the_shared_kernel(tmp_path):
-    """The second notebook starts as in a fresh kernel: empty namespace, cwd, environment, sys.path, warning
-    filters, root logger and rcParams as before the first one, no open figure or MLflow run; only the modules it
-    imported stay loaded."""
-    from src.runner import NotebookRun
+def test_each_notebook_runs_in_a_fresh_kernel_of_its_own(tmp_path):
+    """Stock papermill, one kernel per notebook: the second notebook shares no variable, environment change or
+    process with the first; only files hand anything on (`Products`)."""
+    from src.pipeline import execute_notebooks
 
-    first = ["import os, sys, warnings, logging, colorsys\nimport matplotlib\nimport matplotlib.pyplot as plt\n"
-             "leak = 1\nos.environ['LEAK'] = '1'\nos.chdir('/')\nsys.path.append('/leak')\n"
-             "warnings.simplefilter('error')\nlogging.getLogger().setLevel(5)\nmatplotlib.rcParams['lines.linewidth'] = 9\n"
-             "plt.figure()",
-             f"import mlflow\nmlflow.set_tracking_uri('sqlite:///{tmp_path}/leak.db')\nmlflow.start_run()"]
-    second = ["import os, sys, warnings, logging\nimport matplotlib\nimport matplotlib.pyplot as plt\nimport mlflow",
-              "assert 'leak' not in globals() and 'colorsys' not in globals(), 'namespace'\n"
-              "assert 'LEAK' not in os.environ, 'environment'\n"
-              "assert '/leak' not in sys.path, 'sys.path'\n"
-              f"assert os.getcwd() == {str(tmp_path / 'notebooks')!r}, os.getcwd()\n"
-              "assert logging.getLogger().level != 5, 'root logger'\n"
-              "assert matplotlib.rcParams['lines.linewidth'] != 9, 'rcParams'\n"
-              "assert not any(f[0] == 'error' and f[2] is Warning for f in warnings.filters), 'warning filters'\n"
-              "assert plt.get_fignums() == [], 'open figures'\n"
-              "assert mlflow.active_run() is None, 'MLflow run'\n"
-              "assert 'colorsys' in sys.modules  # imports carry over: the point of one kernel"]
+    first = ["import os\nleak = 1\nos.environ['LEAK'] = '1'\nopen('first.pid', 'w').write(str(os.getpid()))"]
+    second = ["import os\nassert 'leak' not in globals() and 'LEAK' not in os.environ\n"
+              "assert open('first.pid').read() != str(os.getpid()), 'same kernel process'"]
     names = _notebooks(tmp_path / "notebooks", {"a.ipynb": first, "b.ipynb": second})
     (tmp_path / "out").mkdir()
-    with NotebookRun(get_settings(project_dir=tmp_path), tmp_path / "out", names) as notebooks:
-        notebooks.run({})
-    counts = [c["execution_count"] for c in json.loads((tmp_path / "out" / "b.ipynb").read_text())["cells"]]
-    assert counts == [1, 2]
+    execute_notebooks(get_settings(project_dir=tmp_path), {}, tmp_path / "out", names)
+    assert [c["execution_count"] for c in json.loads((tmp_path / "out" / "b.ipynb").read_text())["cells"]] == [1]
 
 
 def test_a_failing_notebook_stops_the_notebooks_after_it(tmp_path):
-    from src.runner import NotebookFailed, NotebookRun
+    from src.pipeline import NotebookFailed, execute_notebooks
 
     names = _notebooks(tmp_path / "notebooks", {"a.ipynb": ["1 / 0"], "b.ipynb": ["open('ran', 'w')"]})
     (tmp_path / "out").mkdir()
     with pytest.raises(NotebookFailed, match=r"Notebook a.ipynb failed in cell 1: ZeroDivisionError"):
-        with NotebookRun(get_settings(project_dir=tmp_path), tmp_path / "out", names) as notebooks:
-            notebooks.run({})
+        execute_notebooks(get_settings(project_dir=tmp_path), {}, tmp_path / "out", names)
     assert not (tmp_path / "out" / "b.ipynb").exists() and not (tmp_path / "notebooks" / "ran").exists()
 
 
@@ -215,7 +196,7 @@ def _broken_spec(tmp_path: Path) -> Path:
      "The Optuna storage at OPTUNA_STORAGE=postgresql+psycopg2://mlops:***@127.0.0.1:9/optuna does not answer"),
     ("damaged MLflow store", {"MLFLOW_TRACKING_URI": "damaged"}, 2, "mlflow.db is not an SQLite database"),
     ("damaged Optuna store", {"OPTUNA_STORAGE": "damaged"}, 2, "optuna.db is not an SQLite database"),
-    ("notebook fails", {"SPEC": "broken"}, 1, "Notebook 01_eda.ipynb failed in cell"),
+    ("notebook fails", {"SPEC": "broken"}, 1, "Notebook 03_eda.ipynb failed in cell"),
 ])
 def test_bad_input_fails_clearly_and_changes_nothing(trained_project, tmp_path, case, extra_env, code, message):
 
@@ -269,7 +250,7 @@ def test_pipeline_on_real_training_data_reaches_target_accuracy(tmp_path):
 
 
 def test_a_kernel_that_dies_is_a_clear_notebook_failure(tmp_path):
-    from src.runner import NotebookFailed, execute_notebook
+    from src.pipeline import NotebookFailed, execute_notebook
 
     _notebooks(tmp_path / "notebooks", {"dies.ipynb": ["import os\nos._exit(1)  # as the OOM killer would"]})
     settings = get_settings(project_dir=tmp_path)
@@ -295,7 +276,7 @@ def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(signum, trained_proje
         proc = subprocess.Popen([sys.executable, "-m", "src.pipeline"], cwd=PROJECT_DIR, start_new_session=True,
                                 env={**os.environ, **trained_project}, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
-        while "running 03_experiments.ipynb" not in log_path.read_text():
+        while "running 05_tuning.ipynb" not in log_path.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(1.0)  # inside the search
@@ -310,9 +291,9 @@ def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(signum, trained_proje
     out = log_path.read_text()
     assert rc == 128 + getattr(signal, signum), out[-3000:]
     assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
-    said = ("SIGTERM: " if signum == "SIGTERM" else "\n") + "interrupted while 03_experiments.ipynb ran"
+    said = ("SIGTERM: " if signum == "SIGTERM" else "\n") + "interrupted while 05_tuning.ipynb ran"
     assert said in out and "Nothing was promoted" in out, out[-3000:]
-    assert "03_experiments.ipynb done" not in out and "running 04_registration.ipynb" not in out
+    assert "05_tuning.ipynb done" not in out and "running 07_registry.ipynb" not in out
     assert kernels and not psutil.wait_procs(kernels, timeout=10)[1]  # no kernel outlives the run
     assert project_state(trained_project) == before  # champion, data/raw and reports/ as they were
     runs = mlflow.search_runs(experiment_names=["obesity"], filter_string="tags.mlflow.parentRunId IS NULL",
@@ -321,8 +302,7 @@ def test_ctrl_c_stops_the_run_at_once_and_promotes_nothing(signum, trained_proje
 
 
 def test_an_interrupted_run_names_the_version_it_promoted_if_it_got_that_far(project_env):
-    from src.pipeline import interrupted_message, promoted_by
-    from src.runner import RunInterrupted
+    from src.pipeline import RunInterrupted, interrupted_message, promoted_by
 
     settings = get_settings()
     spec = load_spec(settings.spec, settings.project_dir)
@@ -330,4 +310,4 @@ def test_an_interrupted_run_names_the_version_it_promoted_if_it_got_that_far(pro
     assert promoted_by(settings, spec, champ.run_id) == str(champ.version)  # the run that set the alias
     assert promoted_by(settings, spec, "a-run-that-registered-nothing") is None
     assert f"moved the champion alias to v{champ.version}" in interrupted_message(
-        RunInterrupted("04_registration.ipynb", str(champ.version)))
+        RunInterrupted("07_registry.ipynb", str(champ.version)))

@@ -1,6 +1,10 @@
 """`make bench-pipeline`: what papermill costs. The same notebooks run twice on the same data and settings, each
-into its own empty store: once by the pipeline (papermill, one warm kernel reset between notebooks), once as one
-plain Python process that executes the same code cells with the same parameters. Prints wall times and their ratio."""
+into its own empty store: once by the pipeline (stock papermill, a fresh kernel per notebook), once as one plain
+Python process that executes the same code cells with the same parameters. Prints wall times and their ratio.
+
+The target is on `PROFILE=full` (minutes of search, where a kernel's start and imports per notebook are noise):
+papermill at most 1.05x the plain script. On the smoke profile the same fixed costs are a large share of a short
+run; its ratio is reported, not a target."""
 
 from __future__ import annotations
 
@@ -46,8 +50,7 @@ def run_plain(settings, spec, stage: Path) -> dict[str, float]:
     matplotlib.use("Agg")
     import mlflow
 
-    from src.pipeline import finish_run, notebook_parameters, prepare_input, start_parent_run
-    from src.runner import PIPELINE_NOTEBOOKS
+    from src.pipeline import PIPELINE_NOTEBOOKS, finish_run, notebook_parameters, prepare_input, start_parent_run
 
     times = {}
     prepared = prepare_input(settings, spec, stage)
@@ -135,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         pl = median("plain", k)
         pm = median("papermill", k) if k in results["papermill"][0] else None
         print(f"{k:24s} {pm if pm is not None else float('nan'):12.2f} {pl:10.2f} " + (f"{pm / pl:7.2f}x" if pm else "       "))
-    print("Each runner is a fresh process (imports included in total). papermill runs the notebooks in order in one"
-          " kernel, warmed up beside the preflight and reset between notebooks; plain runs the same cells in order in one process.")
+    ratio = median("papermill", "total") / median("plain", "total")
+    target = "target <= 1.05x" if s.profile == "full" else "reported, not a target: the target is on PROFILE=full"
+    print(f"papermill / plain, total: {ratio:.3f}x ({target})")
+    print("Each runner is a fresh process (imports included in total). papermill runs each notebook in a fresh kernel"
+          " of its own; plain runs the same cells in order in one process.")
     return 0
 
 
