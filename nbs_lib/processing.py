@@ -98,7 +98,7 @@ class DerivedFeatures(BaseEstimator, TransformerMixin):
         base = list(input_features if input_features is not None else self.feature_names_in_)
         return np.asarray(base + list(self.expressions or {}), dtype=object)
 
-
+# %% ../notebooks/04_processing.ipynb #a4e0c002
 def make_preprocessor(spec: Spec) -> ColumnTransformer:
     "Impute + scale numeric (and derived) features, impute + one-hot encode categorical ones; drop anything else."
     numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])

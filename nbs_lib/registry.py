@@ -29,9 +29,10 @@ from .tuning import all_scores, make_model_pipeline, score
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BASELINES', 'fit_final', 'evaluate', 'baseline_score', 'beats', 'gate_decision', 'baseline_verdict',
-           'git_commit', 'lineage_tags', 'GateResult', 'skops_trusted_types', 'model_requirements', 'champion_version',
-           'score_champion', 'register_with_gate']
+__all__ = ['log', 'BASELINES', 'SCORERS', 'fit_final', 'evaluate', 'baseline_score', 'permutation_ranking', 'class_report',
+           'calibration_classes', 'residuals', 'beats', 'gate_decision', 'baseline_verdict', 'git_commit',
+           'lineage_tags', 'GateResult', 'skops_trusted_types', 'model_requirements', 'score_champion', 'judge',
+           'gate_tags', 'register_with_gate']
 
 # %% ../notebooks/07_registry.ipynb #c46a982e
 def fit_final(cfg: dict, train: pd.DataFrame, spec: Spec, seed: int = 42) -> Pipeline:
@@ -60,6 +61,44 @@ def baseline_score(train: pd.DataFrame, holdout: pd.DataFrame, spec: Spec) -> fl
     from sklearn.dummy import DummyClassifier, DummyRegressor
     dummy = DummyClassifier(strategy="most_frequent") if spec.task == "classification" else DummyRegressor(strategy="mean")
     return evaluate(dummy.fit(*features_target(train, spec)), holdout, spec)[spec.primary_metric]
+
+# %% ../notebooks/07_registry.ipynb #a7e0c003
+SCORERS = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "f1_macro": "f1_macro",
+           "rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"}  # sklearn's name of each metric
+
+
+def permutation_ranking(model, holdout: pd.DataFrame, spec: Spec, top: int = 15, repeats: int = 5, seed: int = 42) -> pd.DataFrame:
+    """How much the primary metric worsens when one raw feature column of the holdout is shuffled (sklearn's
+    permutation importance of the whole Pipeline), the `top` features first."""
+    from sklearn.inspection import permutation_importance
+    X, y = features_target(holdout, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # constant one-hot columns after a shuffle, a class missing from a small holdout
+        r = permutation_importance(model, X, y, scoring=SCORERS[spec.primary_metric], n_repeats=repeats, random_state=seed)
+    out = pd.DataFrame({"feature": X.columns, "importance": r.importances_mean, "std": r.importances_std})
+    return out.sort_values("importance", ascending=False, kind="stable").head(top).reset_index(drop=True)
+
+
+def class_report(y_true, y_pred, levels: list[str]) -> pd.DataFrame:
+    "sklearn's precision, recall, F1 and support per class (in `levels` order), then the averages, as a table."
+    from sklearn.metrics import classification_report
+    report = classification_report(y_true, y_pred, labels=levels, output_dict=True, zero_division=0)
+    table = pd.DataFrame({k: v for k, v in report.items() if isinstance(v, dict)}).T
+    return table.astype({"support": int}).rename_axis("class")
+
+
+def calibration_classes(classes: list, y: pd.Series, top: int = 8) -> list:
+    "The classes whose one-vs-rest calibration is drawn: the positive (second) class when binary, else the `top` commonest."
+    if len(classes) == 2:
+        return [classes[1]]
+    return [c for c in y.value_counts().index if c in set(classes)][:top]
+
+
+def residuals(model, holdout: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    "Each holdout row's prediction and residual (actual − predicted): the regression diagnostics' data."
+    X, y = features_target(holdout, spec)
+    predicted = np.asarray(model.predict(X), dtype="float64")
+    return pd.DataFrame({"predicted": predicted, "residual": y.to_numpy(dtype="float64") - predicted})
 
 # %% ../notebooks/07_registry.ipynb #ecdd3c78
 def beats(value: float, reference: float, greater_is_better: bool) -> bool:
@@ -104,6 +143,9 @@ def lineage_tags(settings: Settings, spec: Spec, data_sha256: str) -> dict[str, 
             "lineage.spec_sha256": spec_sha256(spec), "lineage.spec": spec.name, "lineage.profile": settings.profile}
 
 # %% ../notebooks/07_registry.ipynb #158e9f1f
+from .champion import champion_version, load_champion   # the gate finds and scores the champion as everyone does
+
+
 @dataclass
 class GateResult:
     "What the registration did and why; also written as tags on the version and into the run summary."
@@ -133,26 +175,41 @@ def model_requirements() -> list[str]:
     from importlib.metadata import version
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "lightgbm", "skops", "pandas", "numpy", "pyarrow")]
 
-
-def champion_version(client: MlflowClient, name: str, alias: str):
-    "The registered version holding `alias`, or None when the model or the alias does not exist yet."
+# %% ../notebooks/07_registry.ipynb #a7e0c102
+def score_champion(name: str, alias: str, holdout: pd.DataFrame, spec: Spec, version=None) -> tuple[float | None, str]:
+    "The current champion's primary metric on this holdout (loaded by `06_champion`), or None and why it could not be scored."
     try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-
-
-def score_champion(name: str, alias: str, holdout: pd.DataFrame, spec: Spec) -> tuple[float | None, str]:
-    "The current champion's primary metric on this holdout, or None and why it could not be scored."
-    try:
-        champ = mlflow.sklearn.load_model(f"models:/{name}@{alias}")
-        return evaluate(champ, holdout, spec)[spec.primary_metric], ""
+        champ = load_champion(mlflow.get_tracking_uri(), name, alias, spec, version)
+        return evaluate(champ.model, holdout, spec)[spec.primary_metric], ""
     except Exception as e:  # a champion that cannot be loaded or scored here cannot defend its title
         return None, f"champion could not be scored on this holdout ({type(e).__name__}: {str(e)[:200]})"
 
 
+def judge(spec: Spec, challenger: float, champion: tuple[str, float | None, str] | None, baseline: float | None,
+          alias: str = "champion") -> tuple[bool, str]:
+    """The gate's verdict and its reason, from the scores alone. `champion` is (version, score, why it could not
+    be scored) or None when no version holds the alias."""
+    if champion is None:
+        champ_score, reason = None, f"no model had alias '{alias}' yet"
+    else:
+        version, champ_score, problem = champion
+        reason = problem or f"challenger {spec.primary_metric} {challenger:.4f} vs champion v{version} {champ_score:.4f}"
+    if baseline is not None:
+        verdict = baseline_verdict(challenger, baseline, spec)
+        reason = verdict if not beats(challenger, baseline, spec.greater_is_better) else f"{reason}; {verdict}"
+    return gate_decision(challenger, champ_score, spec.greater_is_better, baseline), reason
+
+
+def gate_tags(result: GateResult) -> dict[str, str]:
+    "The gate's decision and scores as MLflow tags (on the version and on its run)."
+    return {"gate.decision": result.decision, "gate.metric": result.metric,
+            "gate.challenger_score": f"{result.challenger_score:.6f}",
+            "gate.champion_version": str(result.champion_version or ""),
+            "gate.champion_score": "" if result.champion_score is None else f"{result.champion_score:.6f}",
+            "gate.reason": result.reason,
+            "gate.baseline_score": "" if result.baseline_score is None else f"{result.baseline_score:.6f}"}
+
+# %% ../notebooks/07_registry.ipynb #a7e0c104
 def _in_run(run_id: str):
     "A context inside run `run_id`: the active run if it is that one, else the run resumed."
     from contextlib import nullcontext
@@ -163,39 +220,29 @@ def _in_run(run_id: str):
 def register_with_gate(model: Pipeline, holdout: pd.DataFrame, spec: Spec, settings: Settings,
                        tags: dict[str, str], run_id: str, baseline: float | None = None) -> GateResult:
     """Log and register `model` in run `run_id`, then move the alias only if it beats the dummy `baseline` (when
-    given) and is at least as good as the champion."""
+    given) and is at least as good as the champion (`judge`)."""
     client = MlflowClient()
     X, _ = features_target(holdout, spec)
-    example = X.head(5)
     with _in_run(run_id):
         info = mlflow.sklearn.log_model(
-            sk_model=model, name="model", registered_model_name=spec.model_name, input_example=example,
-            signature=infer_signature(example, model.predict(example)), skops_trusted_types=skops_trusted_types(model),
+            sk_model=model, name="model", registered_model_name=spec.model_name, input_example=X.head(5),
+            signature=infer_signature(X.head(5), model.predict(X.head(5))), skops_trusted_types=skops_trusted_types(model),
             pip_requirements=model_requirements())
     version = str(info.registered_model_version)
     for k, v in tags.items():
         client.set_model_version_tag(spec.model_name, version, k, v)
     challenger = evaluate(model, holdout, spec)[spec.primary_metric]
     current = champion_version(client, spec.model_name, settings.model_alias)
-    if current is None:
-        champ_score, reason = None, f"no model had alias '{settings.model_alias}' yet"
-    else:
-        champ_score, problem = score_champion(spec.model_name, settings.model_alias, holdout, spec)
-        reason = problem or (f"challenger {spec.primary_metric} {challenger:.4f} vs champion v{current.version} {champ_score:.4f}")
-    if baseline is not None:
-        verdict = baseline_verdict(challenger, baseline, spec)
-        reason = verdict if not beats(challenger, baseline, spec.greater_is_better) else f"{reason}; {verdict}"
-    promoted = gate_decision(challenger, champ_score, spec.greater_is_better, baseline)
+    champion = None if current is None else (
+        str(current.version), *score_champion(spec.model_name, settings.model_alias, holdout, spec, current))
+    promoted, reason = judge(spec, challenger, champion, baseline, settings.model_alias)
+    champ_version, champ_score = (None, None) if champion is None else champion[:2]
     result = GateResult(spec.model_name, version, run_id, spec.primary_metric, challenger,
-                        str(current.version) if current else None, champ_score, promoted, reason, baseline)
-    gate_tags = {"gate.decision": result.decision, "gate.metric": result.metric, "gate.challenger_score": f"{challenger:.6f}",
-                 "gate.champion_version": str(result.champion_version or ""),
-                 "gate.champion_score": "" if champ_score is None else f"{champ_score:.6f}", "gate.reason": reason,
-                 "gate.baseline_score": "" if baseline is None else f"{baseline:.6f}"}
-    for k, v in gate_tags.items():
+                        champ_version, champ_score, promoted, reason, baseline)
+    for k, v in gate_tags(result).items():
         client.set_model_version_tag(spec.model_name, version, k, v)
     client.set_tag(run_id, "registered_version", version)
-    for k, v in {**tags, **gate_tags}.items():
+    for k, v in {**tags, **gate_tags(result)}.items():
         client.set_tag(run_id, k, v)
     if promoted:
         client.set_registered_model_alias(spec.model_name, settings.model_alias, version)

@@ -10,7 +10,6 @@ import functools
 import keyword
 import logging
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,15 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from typing_extensions import TypedDict
 
 from .config import FeatureSpec, Spec, UserInputError
+from .champion import load_champion
 from .predictor import make_predictor
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'field_name', 'field_names', 'describe_feature', 'field_description', 'example_record', 'feature_type',
-           'request_model', 'batch_adapter', 'batch_decoder', 'as_records', 'explain_error', 'no_champion_message',
-           'NoChampion', 'RegistryUnreachable', 'redact_uri', 'registry_unreachable_message', 'ServedModel',
-           'mlflow_client', 'champion_of', 'check_columns', 'load_champion']
+__all__ = ['log', 'RELOAD', 'field_name', 'field_names', 'describe_feature', 'field_description', 'example_record',
+           'feature_type', 'request_model', 'batch_adapter', 'batch_decoder', 'as_records', 'explain_error',
+           'ServedModel', 'load_served']
 
 # %% ../notebooks/09_serving.ipynb #6c1b5276
 def field_name(column: str, taken: Iterable[str] = ()) -> str:
@@ -184,30 +183,7 @@ def explain_error(err: dict, spec: Spec) -> dict:
     return {**err, "msg": msg}
 
 # %% ../notebooks/09_serving.ipynb #e7a19535
-def no_champion_message(name: str, alias: str = "champion") -> str:
-    "The 503 detail when nothing can be served."
-    return f"no model with alias '{alias}' in '{name}'; run make pipeline"
-
-
-class NoChampion(UserInputError):
-    "The registry has no version under the alias (or cannot be reached)."
-
-
-class RegistryUnreachable(NoChampion):
-    "The registry could not be asked at all (server down, broken store): nothing is served, but the fix differs."
-
-
-def redact_uri(uri: str) -> str:
-    "`uri` without the password a database URI may carry, fit for a response body or a log line."
-    import re
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
-
-
-def registry_unreachable_message(name: str, alias: str, tracking_uri: str, error: Exception) -> str:
-    "The 503 detail while the registry does not answer."
-    where = f" at {redact_uri(tracking_uri)}" if tracking_uri else ""
-    return (f"the MLflow registry{where} did not answer ({type(error).__name__}), so the model with alias '{alias}' "
-            f"in '{name}' could not be looked up; start MLflow or fix MLFLOW_TRACKING_URI, then POST /model/reload")
+RELOAD = "then POST /model/reload"   # added to the 503 detail while the registry does not answer
 
 
 @dataclass
@@ -229,44 +205,8 @@ class ServedModel:
                 "loaded_at": datetime.fromtimestamp(self.loaded_at, timezone.utc).isoformat(timespec="seconds")}
 
 
-def mlflow_client(tracking_uri: str):
-    "An MLflow client bound to `tracking_uri` (also used as the registry), without touching global MLflow state."
-    from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def champion_of(client, name: str, alias: str, tracking_uri: str = ""):
-    "The ModelVersion under the alias; NoChampion when there is none, RegistryUnreachable when nobody answers."
-    from nbs_lib.registry import champion_version
-    try:
-        mv = champion_version(client, name, alias)
-    except Exception as e:  # unreachable server, broken store: the API must still start and say what to do
-        raise RegistryUnreachable(registry_unreachable_message(name, alias, tracking_uri, e)) from e  # cause kept for logs
-    if mv is None:
-        raise NoChampion(no_champion_message(name, alias))
-    return mv
-
-
-def check_columns(pipeline, spec: Spec, where: str) -> None:
-    "Refuse a model whose input columns are not the spec's features (it was trained on another dataset)."
-    cols = list(getattr(pipeline, "feature_names_in_", spec.feature_names))
-    if sorted(cols) != sorted(spec.feature_names):
-        raise UserInputError(f"{where} expects columns {cols}, but spec {spec.name!r} has {spec.feature_names}; "
-                             "set SPEC (and MODEL_NAME) to the dataset the model was trained on.")
-
-
-def load_champion(tracking_uri: str, name: str, alias: str, spec: Spec) -> ServedModel:
-    "Load `models:/<name>@<alias>` and compile it; NoChampion when the alias does not exist."
-    import mlflow
-
-    client = mlflow_client(tracking_uri)
-    mv = champion_of(client, name, alias, tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-        source = client.get_model_version_download_uri(name, mv.version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
-        pipeline = mlflow.sklearn.load_model(local)
-    check_columns(pipeline, spec, f"models:/{name}/{mv.version}")
-    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-    tags = {k: v for k, v in sorted(mv.tags.items()) if k.startswith(("lineage.", "gate."))}
-    return ServedModel(name, str(mv.version), alias, mv.run_id or "", make_predictor(pipeline, spec),
-                       dict(sorted(metrics.items())), tags)
+def load_served(tracking_uri: str, name: str, alias: str, spec: Spec, version=None) -> ServedModel:
+    "The champion (`06_champion`), or the ModelVersion `version` already resolved, compiled for the API; NoChampion without one."
+    champ = load_champion(tracking_uri, name, alias, spec, version)
+    return ServedModel(champ.name, champ.version, champ.alias, champ.run_id, make_predictor(champ.model, spec),
+                       champ.metrics, champ.tags)

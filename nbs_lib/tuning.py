@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'MODEL_FAMILIES', 'score', 'all_scores', 'default_config', 'warm_start_configs', 'model_input_width',
            'suggest_config', 'make_estimator', 'make_model_pipeline', 'fold_count', 'cross_validate', 'make_objective',
            'data_fingerprint', 'study_name', 'study_storage', 'retry_trial', 'open_study', 'run_study', 'best_config',
-           'study_summary']
+           'study_summary', 'varied_params', 'best_family_study', 'study_plot_notes']
 
 # %% ../notebooks/05_tuning.ipynb #376b8814
 def score(metric: str, y_true, y_pred) -> float:
@@ -79,7 +79,7 @@ def warm_start_configs(spec: Spec, profile: Profile) -> list[dict]:
             boosted(profile.max_estimators, 15, num_leaves=64, min_child_samples=10, colsample_bytree=0.3,
                     subsample=0.7, reg_lambda=10.0)]
 
-
+# %% ../notebooks/05_tuning.ipynb #a5e1c001
 def model_input_width(spec: Spec) -> int:
     "How many columns the model sees after one-hot encoding: the numeric and derived features plus every level."
     return len(spec.numeric_features) + len(spec.derived_features) + sum(len(spec.features[c].levels) for c in spec.categorical_features)
@@ -109,7 +109,7 @@ def suggest_config(trial: optuna.Trial, spec: Spec, profile: Profile) -> dict:
                 "max_features": trial.suggest_float("max_features", 0.2, 1.0)}
     return cfg
 
-
+# %% ../notebooks/05_tuning.ipynb #a5e1c003
 def make_estimator(cfg: dict, spec: Spec, seed: int = 42, n_jobs: int | None = None):
     "The unfitted estimator a configuration describes."
     params = {k: v for k, v in cfg.items() if k not in ("model", "select_percentile")}
@@ -166,7 +166,7 @@ def cross_validate(cfg: dict, X: pd.DataFrame, y: pd.Series, spec: Spec, folds: 
                 raise optuna.TrialPruned(f"pruned after fold {i + 1}: mean {np.mean(scores):.4f}")
     return scores
 
-
+# %% ../notebooks/05_tuning.ipynb #a5e1c004
 def make_objective(X: pd.DataFrame, y: pd.Series, spec: Spec, profile: Profile, seed: int = 42, log_mlflow: bool = True,
                    n_jobs: int | None = None):
     "The Optuna objective: sample a configuration, cross-validate it (`n_jobs` threads per fit), log it as a nested MLflow run."
@@ -233,7 +233,7 @@ def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
 
-
+# %% ../notebooks/05_tuning.ipynb #a5e1c007
 def retry_trial(study: optuna.Study, number: int) -> int | None:
     """Queue trial `number`'s configuration once more if it failed (a worker stopped by Ctrl-C or SIGTERM fails the
     trial it was in, as the heartbeat fails a dead worker's); the queued trial's number, or None (not failed, or
@@ -260,7 +260,7 @@ def open_study(settings: Settings, spec: Spec, name: str, profile: Profile | Non
             study.enqueue_trial(cfg, skip_if_exists=True)
     return study
 
-
+# %% ../notebooks/05_tuning.ipynb #a5e1c009
 def run_study(study: optuna.Study, X: pd.DataFrame, y: pd.Series, spec: Spec, profile: Profile, seed: int = 42,
               log_mlflow: bool = True, n_jobs: int | None = None) -> optuna.Study:
     "Add `profile.n_trials` trials (or fewer, within `profile.timeout_s`) to the study."
@@ -287,3 +287,34 @@ def study_summary(study: optuna.Study, spec: Spec) -> dict:
     best = study.best_trial if any(t.state.name == "COMPLETE" for t in study.trials) else None
     return {"study": study.study_name, "trials": states, "best_trial": best.number if best else None,
             f"best_cv_{spec.primary_metric}": best.value if best else None, "best_config": best_config(study, spec)}
+
+# %% ../notebooks/05_tuning.ipynb #a5e0c003
+def varied_params(study: optuna.Study) -> list[str]:
+    "Parameters every finished trial has and that took at least two values: what an importance can rank."
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    shared = set.intersection(*(set(t.params) for t in done)) if done else set()
+    return sorted(p for p in shared if len({repr(t.params[p]) for t in done}) > 1)
+
+
+def best_family_study(study: optuna.Study) -> optuna.Study:
+    """The finished trials of the best trial's model family as an in-memory study of their own: they share their
+    parameters, so one parallel-coordinate plot compares them (another family's parameters would read 'None')."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    family = study.best_trial.params.get("model") if done else None
+    sub = optuna.create_study(directions=study.directions)
+    sub.add_trials([t for t in done if t.params.get("model") == family])
+    return sub
+
+
+def study_plot_notes(study: optuna.Study) -> dict[str, str]:
+    """Why each of Optuna's study plots would show nothing for this study ('' when it can be drawn): no finished
+    trial, fewer than two, all with the same score, or no parameter shared by the finished trials that took two values."""
+    def few(n: int, what: str) -> str:
+        return "" if n >= 2 else f"{'no' if n == 0 else 'only 1'} {what} finished"
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    same = len({t.value for t in done}) == 1   # fANOVA has no spread of scores to explain
+    return {"history": "" if done else "no trial finished",
+            "importances": few(len(done), "trial") or (f"every finished trial scored the same ({done[0].value:.4g})" if same else
+                                                       "" if varied_params(study) else
+                                                       "the finished trials share no parameter that took more than one value"),
+            "parallel": few(len(best_family_study(study).trials), "trial of the best model family")}

@@ -19,8 +19,11 @@ import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
 
 from nbs_lib.config import (
     Products,
@@ -44,6 +47,35 @@ PIPELINE_NOTEBOOKS = (  # in the order they run: each reads what the ones before
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]  # not the "running over TCP without encryption" note, per kernel
 
 
+class OwnedKernel(AsyncKernelManager):
+    """A kernel manager handed to papermill, which then leaves the kernel to us: it remembers the clients it makes,
+    so `close` closes their channels with the kernel (nbclient closes them only for kernels it owns)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.made: list = []
+
+    def client(self, **kwargs):
+        self.made.append(super().client(**kwargs))
+        return self.made[-1]
+
+    def stop(self) -> None:
+        "Kill the kernel now, if it runs (papermill, waiting on it, then fails with DeadKernelError)."
+        from jupyter_core.utils import run_sync
+
+        if self.has_kernel:
+            try:
+                run_sync(self.shutdown_kernel)(now=True)
+            except Exception as e:  # a kernel already gone has nothing left to stop
+                log.debug("stopping the kernel: %r", e)
+
+    def close(self) -> None:
+        "Stop the kernel and close every client's channels; safe to call again."
+        self.stop()
+        while self.made:
+            self.made.pop().stop_channels()
+
+
 class NotebookFailed(Exception):
     """A notebook raised; the message names it, the failing cell's error and where the executed copy is."""
 
@@ -57,37 +89,41 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def execute_notebook(settings: Settings, name: str, params: dict, out_dir: Path) -> None:
-    """Execute one notebook with papermill in a kernel of its own; a failing cell becomes `NotebookFailed`.
+    """Execute one notebook with papermill in a fresh kernel of its own; a failing cell becomes `NotebookFailed`.
 
-    The kernel runs in a session of its own (jupyter_client starts it so), where a terminal's Ctrl-C does not reach
-    it. So the kernel manager is ours: when Ctrl-C or SIGTERM interrupts papermill, the kernel is killed before
-    this returns, and nothing the notebook does can follow the interrupt (registration cannot promote after it).
+    papermill runs in a worker thread while this (main) thread waits. Ctrl-C or SIGTERM (see `src.signals`) lands
+    here, never in nbclient's event loop, which outside the main thread installs no signal handlers of its own (in
+    it, nbclient would take SIGINT and SIGTERM over and reset them to the defaults when done). The kernel runs in a
+    session of its own, where a terminal's Ctrl-C does not reach it, so on an interrupt this thread kills it and
+    waits for papermill to notice: nothing the notebook does can follow (registration cannot promote after it).
     """
     import papermill as pm
-    from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.utils import run_sync
 
+    kernel = OwnedKernel(kernel_name="python3")
     nb_dir = settings.project_dir / "notebooks"
-    kernel = AsyncKernelManager(kernel_name="python3")
     started = time.perf_counter()
     log.info("running %s", name)
-    try:
-        pm.execute_notebook(nb_dir / name, out_dir / name, parameters=params, cwd=str(nb_dir), kernel_name="python3",
-                            progress_bar=False, log_output=False, km=kernel, extra_arguments=KERNEL_ARGUMENTS)
-    except KeyboardInterrupt:
-        raise RunInterrupted(name) from None
-    except pm.PapermillExecutionError as e:
-        raise NotebookFailed(
-            f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. Nothing was promoted; "
-            f"the champion, data/raw and reports/ are unchanged. The executed copy is {out_dir / name}.") from e
-    except Exception as e:  # nbclient's DeadKernelError and the like: the kernel itself is gone
-        raise NotebookFailed(
-            f"Notebook {name} stopped: {type(e).__name__}: {str(e)[:300]}. Its kernel died or stopped answering "
-            "(out of memory? see `dmesg`); try PROFILE=smoke or a machine with more memory. Nothing was promoted; "
-            "the champion, data/raw and reports/ are unchanged.") from e
-    finally:
-        if kernel.has_kernel:
-            run_sync(kernel.shutdown_kernel)(now=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as pool:
+        done = pool.submit(pm.execute_notebook, nb_dir / name, out_dir / name, parameters=params, cwd=str(nb_dir),
+                           kernel_name="python3", progress_bar=False, log_output=False, km=kernel,
+                           extra_arguments=KERNEL_ARGUMENTS)
+        try:
+            done.result()
+        except KeyboardInterrupt:
+            kernel.stop()
+            done.exception()  # papermill's error for the dead kernel: the interrupt is what is reported
+            raise RunInterrupted(name) from None
+        except pm.PapermillExecutionError as e:
+            raise NotebookFailed(
+                f"Notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. Nothing was promoted; "
+                f"the champion, data/raw and reports/ are unchanged. The executed copy is {out_dir / name}.") from e
+        except Exception as e:  # nbclient's DeadKernelError and the like: the kernel itself is gone
+            raise NotebookFailed(
+                f"Notebook {name} stopped: {type(e).__name__}: {str(e)[:300]}. Its kernel died or stopped answering "
+                "(out of memory? see `dmesg`); try PROFILE=smoke or a machine with more memory. Nothing was promoted; "
+                "the champion, data/raw and reports/ are unchanged.") from e
+        finally:
+            kernel.close()
     log.info("%s done in %.1f s", name, time.perf_counter() - started)
 
 
@@ -142,8 +178,10 @@ def notebooks_as_html(out_dir: Path, html_dir: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
+    no_cdn = dict.fromkeys(["mathjax_url", "require_js_url", "mermaid_js_url", "mermaid_layout_elk_js_url",
+                            "jquery_url", "jupyter_widgets_base_url", "widget_renderer_url"], "")
     exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, mathjax_url="", require_js_url="")
+                            exclude_output_prompt=True, **no_cdn)
     html_dir.mkdir(parents=True, exist_ok=True)
     for nb in sorted(out_dir.glob("*.ipynb")):
         body, _ = exporter.from_notebook_node(nbformat.read(nb, as_version=4))
@@ -226,7 +264,7 @@ def promoted_by(settings: Settings, spec: Spec, run_id: str) -> str | None:
     """The version this run moved the alias to, if it got that far (the alias moves in registration's last step)."""
     from mlflow.tracking import MlflowClient
 
-    from nbs_lib.registry import champion_version
+    from nbs_lib.champion import champion_version
 
     champ = champion_version(MlflowClient(), spec.model_name, settings.model_alias)
     return str(champ.version) if champ is not None and champ.run_id == run_id else None

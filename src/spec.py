@@ -1,7 +1,7 @@
 """`make spec DATA=path.csv TARGET=col [TASK= NAME= OUT= FORCE=1]`: draft a dataset spec from a CSV.
 
 Kinds, ranges, levels, empty cells, id columns, the task and its metric are read from the data (see
-notebooks/12_drafting.ipynb); comments in the YAML say what was guessed. Exit 0 with the spec written, 2 when the CSV,
+notebooks/14_drafting.ipynb); comments in the YAML say what was guessed. Exit 0 with the spec written, 2 when the CSV,
 the target or the output path is refused (one paragraph, no traceback).
 """
 

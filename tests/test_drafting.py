@@ -1,6 +1,6 @@
 """`make spec`: a spec drafted from a CSV loads, the CSV passes its data contract, and bad input is one paragraph.
 
-The drafting rules themselves are tested cell by cell in notebooks/12_drafting.ipynb; here they are checked on whole
+The drafting rules themselves are tested cell by cell in notebooks/14_drafting.ipynb; here they are checked on whole
 files through the command line a user runs (`python -m src.spec`, what `make spec` calls).
 """
 

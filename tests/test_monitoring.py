@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from conftest import PROJECT_DIR, REAL_CURRENT, REAL_TRAIN, needs_real_data
 
+from nbs_lib.champion import prepare_frame
 from nbs_lib.config import load_spec
 from nbs_lib.data import generate_synthetic
-from nbs_lib.drift import inject_drift, prepare_frame, sample_current
+from nbs_lib.drift import inject_drift, sample_current
 from nbs_lib.predictions import PredictionLog
 from src.monitoring import monitor, retrain
 
@@ -109,7 +110,7 @@ def test_null_column_and_unseen_category_give_a_report_with_findings_not_a_crash
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no reference and no champion", "No model has alias 'champion' in registry 'obesity'"),
+    ("no reference and no champion", "no model with alias 'champion' in 'obesity'; run make pipeline, or give `make monitor` a REFERENCE=<csv>"),
     ("missing column", "The current data has no column(s) 'Age', 'MTRANS'"),
     ("missing file", "does not exist"),
     ("empty window", "No predictions were logged between"),
@@ -216,7 +217,7 @@ def test_the_monitoring_notebook_runs_under_papermill_with_parameters(isolated, 
     import papermill as pm
 
     started = time.time()
-    pm.execute_notebook(PROJECT_DIR / "notebooks" / "11_drift.ipynb", tmp_path / "executed.ipynb",
+    pm.execute_notebook(PROJECT_DIR / "notebooks" / "13_monitor.ipynb", tmp_path / "executed.ipynb",
                         parameters={"current": str(synthetic["drifted"]), "reference": str(synthetic["reference"]),
                                     "reports_dir": str(tmp_path / "monitoring")},
                         cwd=str(PROJECT_DIR / "notebooks"), kernel_name="python3", progress_bar=False)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nbs_lib import drift
-from nbs_lib.drift import MonitorResult, publish, read_latest, run_folders
+from nbs_lib import publishing
+from nbs_lib.drift import MonitorResult
+from nbs_lib.publishing import publish, read_latest, run_folders
 
 T0 = datetime(2025, 1, 31, 12, tzinfo=UTC)
 
@@ -39,7 +40,7 @@ def test_a_failed_rename_raises_and_leaves_latest_on_the_previous_complete_run(t
     def refuse(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
-    monkeypatch.setattr(drift.os, "rename", refuse)
+    monkeypatch.setattr(publishing.os, "rename", refuse)
     with pytest.raises(PermissionError):
         publish(result(n=2), tmp_path, now=T0 + timedelta(minutes=1))
     monkeypatch.undo()

@@ -14,8 +14,9 @@ import pytest
 from conftest import PROJECT_DIR, REAL_TRAIN, isolated_env, needs_real_data, run_pipeline
 from mlflow.tracking import MlflowClient
 
+from nbs_lib.champion import champion_version
 from nbs_lib.config import configure_mlflow, get_settings, load_spec
-from nbs_lib.registry import champion_version, register_with_gate
+from nbs_lib.registry import register_with_gate
 
 NOTEBOOKS = ["03_eda.ipynb", "04_processing.ipynb", "05_tuning.ipynb", "07_registry.ipynb"]
 
@@ -77,6 +78,7 @@ def test_run_logs_executed_notebooks_summary_and_reference(trained_project):
     page = Path(mlflow.artifacts.download_artifacts(run_id=champ.run_id, artifact_path="notebooks/html/07_registry.html"))
     html = page.read_text()
     assert "data:image/png;base64" in html and not re.findall(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""", html)
+    assert not re.findall(r"cdnjs|unpkg|jsdelivr|googleapis|import\(\"https?:", html)  # opens offline as it is
     assert [Path(a.path).name for a in client.list_artifacts(champ.run_id, "reference")] == ["train.parquet"]
     run = client.get_run(champ.run_id)
     assert run.info.status == "FINISHED"

@@ -19,7 +19,7 @@ from shapes import SHAPES, write_spec
 
 from nbs_lib.config import Spec
 from nbs_lib.data import generate_synthetic, read_table
-from nbs_lib.drift import read_latest
+from nbs_lib.publishing import read_latest
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))

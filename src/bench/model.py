@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from nbs_lib.champion import champion_version
     from nbs_lib.config import UserInputError, configure_mlflow, get_settings, load_spec
     from nbs_lib.data import load_raw_frame, write_synthetic_csv
     from nbs_lib.processing import clean_frame, features_target
-    from nbs_lib.registry import champion_version
     from nbs_lib.tuning import default_config, make_model_pipeline
 
     try:

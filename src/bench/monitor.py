@@ -57,18 +57,17 @@ def child(job: dict) -> dict:
     """One measurement, in this process: 'sampled' = the monitor path, 'plain' = Evidently on every row."""
     import joblib
 
+    from nbs_lib.champion import prepare_frame, score_frame
     from nbs_lib.drift import (
         build_reports,
         column_roles,
         drift_results,
         get_drift_settings,
-        prepare_frame,
-        publish,
-        read_frame,
         run_monitor,
         run_reports,
-        score,
     )
+    from nbs_lib.monitor import read_frame
+    from nbs_lib.publishing import publish
 
     spec = load_spec(job["spec"])
     cfg = get_drift_settings(sample_rows=job["sample_rows"])
@@ -83,7 +82,7 @@ def child(job: dict) -> dict:
         out = {"rows": s["current"]["rows"], "analysed": s["current"]["sample_size"], "dataset_drift": s["dataset_drift"],
                "share": s["drift_share"], "drifted": [c["column"] for c in s["drifted_columns"]]}
     else:
-        cur, ref = score(model, prepare_frame(current, spec), spec), score(model, prepare_frame(reference, spec), spec)
+        cur, ref = score_frame(model, prepare_frame(current, spec), spec), score_frame(model, prepare_frame(reference, spec), spec)
         roles = column_roles(spec, cur.columns)
         cols = roles["numeric"] + roles["categorical"] + [roles["target"], roles["prediction"]]
         snapshots = run_reports(build_reports(spec, roles, cols, cfg, performance=True), cur, ref, spec)

@@ -50,7 +50,13 @@ def run_plain(settings, spec, stage: Path) -> dict[str, float]:
     matplotlib.use("Agg")
     import mlflow
 
-    from src.pipeline import PIPELINE_NOTEBOOKS, finish_run, notebook_parameters, prepare_input, start_parent_run
+    from src.pipeline import (
+        PIPELINE_NOTEBOOKS,
+        finish_run,
+        notebook_parameters,
+        prepare_input,
+        start_parent_run,
+    )
 
     times = {}
     prepared = prepare_input(settings, spec, stage)

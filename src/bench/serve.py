@@ -5,6 +5,9 @@ Measures single-record latency (p50/p95) and throughput at concurrency 1 and 8, 
 error counts for 10,000 requests at concurrency 8, what the prediction log costs, and where the time of one
 record goes. Every server listens on 127.0.0.1 only. With no champion in the configured store (MLFLOW_TRACKING_URI,
 default models/mlflow.db) it first trains one with the smoke profile into a temporary folder.
+
+About 450 lines on purpose: the three servers, the load generator and the report must run in one process and one
+run for the ratios to mean anything (the machines are shared and noisy), and the pieces share the server handles.
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ HOST = "127.0.0.1"
 
 def ensure_champion(env: dict[str, str], spec: Spec, workdir: Path) -> dict[str, str]:
     """The env of a store with a champion: the configured one if it has one, else a smoke run in `workdir`."""
-    from nbs_lib.serving import NoChampion, champion_of, mlflow_client
+    from nbs_lib.champion import NoChampion, find_champion
 
     settings = get_settings()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     try:
-        mv = champion_of(mlflow_client(settings.mlflow_tracking_uri), spec.model_name, settings.model_alias)
+        mv = find_champion(settings.mlflow_tracking_uri, spec.model_name, settings.model_alias)
         print(f"champion: {spec.model_name} v{mv.version} in {settings.mlflow_tracking_uri}")
         return {**env, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     except NoChampion:
@@ -294,25 +297,18 @@ def bench_servers(servers: list[tuple[Server, list[bytes], list[bytes]]], args: 
 
 def where_time_goes(env: dict[str, str], spec: Spec, records: list[dict]) -> tuple[list[Row], list[tuple[str, float]]]:
     """In-process rows (sklearn Pipeline and compiled predictor) and a per-stage breakdown of one record (µs)."""
-    import mlflow
     import pandas as pd
 
+    from nbs_lib.champion import load_champion
     from nbs_lib.predictions import PredictionLog
-    from nbs_lib.serving import (
-        as_records,
-        batch_decoder,
-        load_champion,
-        mlflow_client,
-        request_model,
-    )
+    from nbs_lib.predictor import make_predictor
+    from nbs_lib.serving import ServedModel, as_records, batch_decoder, request_model
     from src.serving.routes import Answer
 
     uri = env["MLFLOW_TRACKING_URI"]
-    served = load_champion(uri, spec.model_name, "champion", spec)
-    source = mlflow_client(uri).get_model_version_download_uri(spec.model_name, served.version)
-    with tempfile.TemporaryDirectory() as tmp:
-        pipe = mlflow.sklearn.load_model(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
-                                                                             tracking_uri=uri))
+    champ = load_champion(uri, spec.model_name, "champion", spec)
+    pipe = champ.model
+    served = ServedModel(champ.name, champ.version, champ.alias, champ.run_id, make_predictor(pipe, spec))
     print(f"  champion v{served.version}: {type(pipe.steps[-1][1]).__name__} "
           f"{ {k: v for k, v in pipe.steps[-1][1].get_params().items() if k in ('n_estimators', 'max_depth', 'num_leaves')} }, "
           f"{served.predictor.kind} predictor", flush=True)

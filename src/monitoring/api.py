@@ -1,12 +1,15 @@
 """The API's monitoring routes: the latest drift summary with links to its HTML reports, the reports themselves, and
 a keyed `POST /monitoring/run` that computes a new report from the prediction log.
 
-`create_app()` (src/serving/app.py) includes `monitoring_router()`; the routes use the serving app's state (project
-settings, spec, served model name and alias) and its `require_api_key` dependency.
+`create_app()` (src/serving/app.py) includes `monitoring_router(context, require_key)`, handing it how to read the
+project settings and spec of a request (with the served model's name and alias) and its API-key dependency. This
+module imports nothing of `src.serving`: serving depends on monitoring, never the other way round. Evidently and
+Great Expectations are imported only when a run is computed, so the API starts without them.
 """
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,16 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nbs_lib.champion import NoChampion, find_champion
 from nbs_lib.config import Settings, Spec, UserInputError
-from nbs_lib.drift import (
-    RUN_NAME,
-    champion_info,
-    get_drift_settings,
-    monitor_sources,
-    no_champion_message,
-    read_latest,
-)
-from src.serving.deps import StateDep, require_api_key
+from nbs_lib.publishing import RUN_NAME, read_latest
+
+Context = Callable[[Request], tuple[Settings, Spec]]   # a request's project settings and spec
 
 REPORT_FILES = {"data_drift.html", "data_summary.html", "performance.html"}
 MAX_WINDOW_HOURS = 24 * 366
@@ -67,13 +65,6 @@ class MonitoringSummary(BaseModel):
     links: dict[str, str] = Field(description="URL of each HTML report of this run")
 
 
-def project_context(request: Request) -> tuple[Settings, Spec]:
-    """The project settings and spec of the serving app, with its MODEL_NAME and MODEL_ALIAS."""
-    state = request.app.state.serving
-    spec = state.spec.model_copy(update={"model_name": state.settings.model_name})
-    return state.project.model_copy(update={"model_alias": state.settings.model_alias}), spec
-
-
 def with_links(summary: dict, request: Request) -> dict:
     """The summary with the URL of each of its HTML reports."""
     links = {name: str(request.url_for("monitoring_report", run=summary["run"], name=file))
@@ -92,15 +83,17 @@ async def run_request(request: Request) -> RunRequest:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from e
 
 
-def monitoring_router() -> APIRouter:
-    """GET /monitoring/latest, GET /monitoring/reports/{run}/{name}, POST /monitoring/run (X-API-Key)."""
+def monitoring_router(context: Context, require_key: Callable) -> APIRouter:
+    """GET /monitoring/latest, GET /monitoring/reports/{run}/{name}, POST /monitoring/run (`require_key`).
+
+    `context(request)` gives the project settings (with the served alias) and the spec (with the served model name)."""
     router = APIRouter(prefix="/monitoring", tags=["monitoring"])
     running = threading.Lock()   # one run at a time: a run reads the whole window and takes seconds
 
     @router.get("/latest", response_model=MonitoringSummary, responses={404: {"model": ErrorDetail}})
-    async def latest(request: Request, state: StateDep) -> dict:
+    async def latest(request: Request) -> dict:
         """The latest drift summary (dataset drift flag, drifted columns, performance) with links to its HTML reports."""
-        summary = read_latest(state.project.reports_dir / "monitoring")
+        summary = read_latest(context(request)[0].reports_dir / "monitoring")
         if summary is None:
             raise HTTPException(status_code=404, detail="no monitoring report yet; run `make monitor` or "
                                                         "POST /monitoring/run (with X-API-Key)")
@@ -108,22 +101,22 @@ def monitoring_router() -> APIRouter:
 
     @router.get("/reports/{run}/{name}", name="monitoring_report", response_class=FileResponse,
                 responses={200: {"content": {"text/html": {}}}, 404: {"model": ErrorDetail}})
-    async def report(run: str, name: str, state: StateDep) -> FileResponse:
+    async def report(run: str, name: str, request: Request) -> FileResponse:
         """One HTML report of a monitoring run."""
-        path = state.project.reports_dir / "monitoring" / run / name
+        path = context(request)[0].reports_dir / "monitoring" / run / name
         if not RUN_NAME.fullmatch(run) or name not in REPORT_FILES or not path.is_file():
             raise HTTPException(status_code=404, detail=f"no report {name!r} in monitoring run {run!r}; "
                                                         "GET /monitoring/latest lists the reports")
         return FileResponse(path, media_type="text/html")
 
-    @router.post("/run", response_model=MonitoringSummary, dependencies=[Depends(require_api_key)],
+    @router.post("/run", response_model=MonitoringSummary, dependencies=[Depends(require_key)],
                  responses={401: {"model": ErrorDetail}, 403: {"model": ErrorDetail}, 409: {"model": ErrorDetail},
                             422: {"model": ErrorDetail}, 503: {"model": ErrorDetail}},
                  openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
                      "schema": RunRequest.model_json_schema()}}}})
     async def run(request: Request, body: Annotated[RunRequest, Depends(run_request)]) -> dict:
         """Compute a drift report from the prediction log over a window, publish it as the latest, and return it."""
-        settings, spec = project_context(request)
+        settings, spec = context(request)
         if not running.acquire(blocking=False):
             raise HTTPException(status_code=409, detail="a monitoring run is already in progress; retry when it finishes")
         try:
@@ -136,12 +129,14 @@ def monitoring_router() -> APIRouter:
 
 def compute(settings: Settings, spec: Spec, body: RunRequest) -> dict:
     """One monitoring run over the prediction log, published under reports/monitoring; errors become HTTP errors."""
+    # Evidently and Great Expectations: imported when a run is computed, not when the API starts
+    from nbs_lib.drift import get_drift_settings
+    from nbs_lib.monitor import monitor_sources
+
     try:
-        champion = champion_info(settings, spec)
-    except UserInputError as e:   # the registry does not answer
+        find_champion(settings.mlflow_tracking_uri, spec.model_name, settings.model_alias)
+    except NoChampion as e:   # none yet, or the registry does not answer: the detail says which
         raise HTTPException(status_code=503, detail=str(e)) from e
-    if champion is None:
-        raise HTTPException(status_code=503, detail=no_champion_message(settings, spec))
     try:
         cfg = get_drift_settings(window_hours=body.window_hours)
         result = monitor_sources(settings, spec, cfg, current="log", since=body.since, until=body.until,

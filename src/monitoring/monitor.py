@@ -16,7 +16,8 @@ import os
 import sys
 
 from nbs_lib.config import UserInputError, check_mlflow_store, get_settings, load_spec
-from nbs_lib.drift import MonitorResult, get_drift_settings, monitor_sources
+from nbs_lib.drift import MonitorResult, get_drift_settings
+from nbs_lib.monitor import monitor_sources
 from src.signals import sigterm_as_interrupt
 
 NO_DRIFT, DRIFT, USER_ERROR = 0, 1, 2

@@ -23,6 +23,7 @@ import nbs_lib
 from nbs_lib.config import UserInputError
 from src.monitoring.api import monitoring_router
 
+from .deps import project_context, require_api_key
 from .errors import error_response
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
@@ -83,7 +84,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_handler(state))
     app.include_router(system_router())
     app.include_router(prediction_router(state))
-    app.include_router(monitoring_router())
+    app.include_router(monitoring_router(project_context, require_api_key))
     return app
 
 

@@ -1,10 +1,12 @@
-"""FastAPI dependencies for any router of the API (serving, monitoring):
+"""FastAPI dependencies of the API's routers:
 
     from src.serving.deps import ModelDep, StateDep, require_api_key
 
-    @router.post("/monitoring/run", dependencies=[Depends(require_api_key)])
-    async def run(state: StateDep): ...   # state.settings, state.project, state.spec, state.models.current
+    @router.post("/model/reload", dependencies=[Depends(require_api_key)])
+    async def reload(state: StateDep): ...   # state.settings, state.project, state.spec, state.models.current
 
+The monitoring router (src/monitoring/api.py) does not import this module: `create_app` hands it `project_context`
+and `require_api_key`, so imports go one way only, serving -> monitoring.
 All are `async def`, so FastAPI calls them on the event loop instead of a worker thread.
 """
 
@@ -15,6 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from nbs_lib.config import Settings, Spec
 from nbs_lib.serving import ServedModel
 
 from .state import ServingState
@@ -51,6 +54,13 @@ async def require_api_key(request: Request, x_api_key: Annotated[str | None, Hea
         raise HTTPException(status_code=401, detail="missing X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
     if not secrets.compare_digest(x_api_key.encode("utf-8", "surrogateescape"), key.encode()):
         raise HTTPException(status_code=401, detail="invalid X-API-Key", headers={"WWW-Authenticate": "X-API-Key"})
+
+
+def project_context(request: Request) -> tuple[Settings, Spec]:
+    """The project settings and spec of the serving app, with its MODEL_NAME and MODEL_ALIAS (the monitoring router's context)."""
+    state = request.app.state.serving
+    spec = state.spec.model_copy(update={"model_name": state.settings.model_name})
+    return state.project.model_copy(update={"model_alias": state.settings.model_alias}), spec
 
 
 async def require_json(request: Request) -> None:

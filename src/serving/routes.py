@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from nbs_lib.champion import NoChampion
 from nbs_lib.config import Spec
 from nbs_lib.predictor import Prediction
-from nbs_lib.serving import NoChampion, ServedModel, as_records, batch_decoder, request_model
+from nbs_lib.serving import ServedModel, as_records, batch_decoder, request_model
 
 from .deps import ModelDep, StateDep, require_api_key, require_json
 from .errors import error_response
@@ -236,7 +237,7 @@ def system_router() -> APIRouter:
         try:
             outcome, model = await run_in_threadpool(holder.refresh)
         except NoChampion as e:
-            raise HTTPException(status_code=503, detail=str(e)) from e
+            raise HTTPException(status_code=503, detail=holder.message) from e
         except Exception as e:
             serving = f"still serving version {before.version}" if before else "nothing is served"
             raise HTTPException(status_code=503, detail=f"could not load models:/{state.settings.model_name}@"

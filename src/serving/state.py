@@ -10,17 +10,10 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from nbs_lib.champion import NoChampion, RegistryUnreachable, find_champion, no_champion_message
 from nbs_lib.config import Settings, Spec
 from nbs_lib.predictions import PredictionLog
-from nbs_lib.serving import (
-    NoChampion,
-    RegistryUnreachable,
-    ServedModel,
-    champion_of,
-    load_champion,
-    mlflow_client,
-    no_champion_message,
-)
+from nbs_lib.serving import RELOAD, ServedModel, load_served
 
 from .metrics import ServingMetrics
 from .settings import ServingSettings
@@ -57,16 +50,16 @@ class ModelHolder:
         s = self.settings
         with self._lock:
             try:
-                mv = champion_of(mlflow_client(s.mlflow_tracking_uri), s.model_name, s.model_alias, s.mlflow_tracking_uri)
+                mv = find_champion(s.mlflow_tracking_uri, s.model_name, s.model_alias)
                 self._unreachable = ""
                 if self.current is not None and self.current.version == str(mv.version):
                     return "unchanged", self.current
                 started = time.perf_counter()
-                model = load_champion(s.mlflow_tracking_uri, s.model_name, s.model_alias, self.spec)
+                model = load_served(s.mlflow_tracking_uri, s.model_name, s.model_alias, self.spec, version=mv)
             except Exception as e:
                 self.last_error = f"{type(e).__name__}: {e}"
-                if isinstance(e, RegistryUnreachable):
-                    self._unreachable = str(e)
+                if isinstance(e, NoChampion):   # the registry answered (no alias) or did not: the 503 detail says which
+                    self._unreachable = f"{e}, {RELOAD}" if isinstance(e, RegistryUnreachable) else ""
                 self.metrics.model_loads.labels("no_champion" if isinstance(e, NoChampion) else "error").inc()
                 raise
             previous, self.current, self.last_error = self.current, model, ""
