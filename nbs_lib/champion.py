@@ -104,7 +104,7 @@ def check_columns(pipeline, spec: Spec, where: str) -> None:
         raise UserInputError(f"{where} expects columns {cols}, but spec {spec.name!r} has {spec.feature_names}; "
                              "set SPEC (and MODEL_NAME) to the dataset the model was trained on.")
 
-
+# %% ../notebooks/06_champion.ipynb #6c0a0a03
 def load_champion(tracking_uri: str, name: str, alias: str, spec: Spec, version=None, then: str = "") -> Champion:
     "The version under `alias` (or the ModelVersion `version`, resolved before), loaded by number and checked against `spec`."
     import mlflow

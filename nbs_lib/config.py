@@ -59,7 +59,7 @@ def absolute_sqlite_url(url: str, base: Path) -> str:
         return url
     return f"sqlite:///{(base / path).resolve()}"
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1a03
 class Settings(BaseSettings):
     "Every knob of the project; each field is read from the environment variable of the same name (upper case)."
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, env_ignore_empty=True)
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         "True when MLflow runs on a local database, so artifacts must be placed under `models_dir` explicitly."
         return self.mlflow_tracking_uri.startswith("sqlite:") or "://" not in self.mlflow_tracking_uri
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1a05
 def read_settings(cls: type[BaseSettings], overrides: dict, env_prefix: str = "", hint: str = ""):
     "Build a settings class from the environment with `overrides` on top; a bad value is a `UserInputError` naming the variable."
     try:
@@ -153,7 +153,7 @@ def as_levels(values: list | None, where: str) -> list[str] | None:
         raise ValueError(f"{where} lists a level twice: {sorted({v for v in out if out.count(v) > 1})}")
     return out
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1b02
 class FeatureSpec(BaseModel):
     """One input column: numeric with an inclusive range, or categorical with its allowed levels. `nullable` lets
     cells be empty (true: any share; a number: at most that share), `description` and `unit` explain the feature
@@ -190,7 +190,7 @@ class FeatureSpec(BaseModel):
         "The share of empty cells the data contract accepts: 0 unless the feature is nullable."
         return (1.0 if self.nullable else 0.0) if isinstance(self.nullable, bool) else float(self.nullable)
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1b05
 class Spec(BaseModel):
     "A dataset spec (see `specs/*.yaml`)."
     model_config = ConfigDict(extra="forbid")
@@ -354,7 +354,7 @@ def configure_mlflow(settings: Settings, spec: Spec) -> str:
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1c03
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
@@ -373,7 +373,7 @@ def check_sqlite_store(url: str, setting: str) -> None:
                              f"Restore it from a backup, or move it aside (what it held is then gone) or set {setting} "
                              "to another store; nothing was changed.")
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1c05
 def check_mlflow_store(settings: Settings) -> None:
     """Fail fast, with the fix, when MLFLOW_TRACKING_URI names a server that does not answer or a damaged local file:
     the batch run, a tuner and the drift check call this before they do any work."""
@@ -394,7 +394,7 @@ def check_mlflow_store(settings: Settings) -> None:
             "Start it (e.g. `make up` or `mlflow server`), or unset MLFLOW_TRACKING_URI to use the local "
             f"store sqlite:///models/mlflow.db.") from e
 
-
+# %% ../notebooks/00_config.ipynb #0c0f1c07
 def check_optuna_storage(settings: Settings) -> None:
     """Fail fast, with the fix, when OPTUNA_STORAGE names a database that cannot be reached: the batch run checks
     it before any notebook runs (not in the tuning notebook, after EDA and processing), a tuner before it joins."""

@@ -20,7 +20,7 @@ import pandas as pd
 from .config import Settings, Spec, UserInputError
 
 # %% auto #0
-__all__ = ['generate_synthetic', 'read_csv_table', 'read_table', 'require_target', 'file_sha256', 'ingest_raw',
+__all__ = ['generate_synthetic', 'read_csv_table', 'read_table', 'require_target', 'derived_column', 'file_sha256', 'ingest_raw',
            'write_synthetic_csv', 'load_raw_frame']
 
 # %% ../notebooks/01_data.ipynb #8ccb7418
@@ -46,7 +46,7 @@ def _finish_numeric(df: pd.DataFrame, spec: Spec, rules: dict) -> pd.DataFrame:
             df[name] = df[name].round(rule["round"])
     return df
 
-
+# %% ../notebooks/01_data.ipynb #1d0a0a04
 def _labels(score: np.ndarray, spec: Spec, target: dict) -> np.ndarray:
     """Class labels cut from the score: at the spec's `bins`, or at the quantiles that give each level its `shares`
     (e.g. [0.95, 0.05] for a rare positive class)."""
@@ -75,7 +75,7 @@ def _blank_cells(df: pd.DataFrame, spec: Spec, rules: dict, rng: np.random.Gener
                 else df[name].where(~blank, np.nan)
     return df
 
-
+# %% ../notebooks/01_data.ipynb #1d0a0a07
 def generate_synthetic(spec: Spec, rows: int | None = None, seed: int | None = None) -> pd.DataFrame:
     """A synthetic dataset with the spec's columns, ranges, level mixes and a target derived from the features.
     The target is computed from complete rows; `null_share` then empties cells, as data goes missing after the fact."""
@@ -126,7 +126,7 @@ def _sniff_problem(head: bytes, one_column_ok: bool = False) -> str | None:
         return "has a header but no data rows"
     return None
 
-
+# %% ../notebooks/01_data.ipynb #1d0a0b02
 def read_csv_table(path: str | Path, fix: str, dtype: dict | type | None = None, one_column_ok: bool = False) -> pd.DataFrame:
     """Read any CSV (no spec needed) as a DataFrame, or raise `UserInputError` saying why it is not a table;
     `fix` ends each message (what the user should pass instead), `dtype` goes to `pd.read_csv`."""
@@ -152,7 +152,7 @@ def read_csv_table(path: str | Path, fix: str, dtype: dict | type | None = None,
         df[c] = df[c].astype(object).where(df[c].notna(), np.nan)   # an empty cell is NaN as in numeric columns, not pd.NA
     return df
 
-
+# %% ../notebooks/01_data.ipynb #1d0a0b04
 def read_table(path: str | Path, spec: Spec) -> pd.DataFrame:
     "Read a CSV as a DataFrame of strings and numbers, or raise `UserInputError` saying why it is not a table."
     fix = f"Pass DATA=<path to a comma-separated UTF-8 CSV with a header row and the columns of {spec.name!r}>, or leave DATA unset to use generated data."
@@ -178,6 +178,11 @@ def require_target(df: pd.DataFrame, spec: Spec, source: str) -> None:
         raise UserInputError(
             f"{source} has no target column {spec.target!r} (its columns are: {', '.join(map(str, df.columns[:20]))}). "
             f"Training needs the target named in the spec ({spec.name!r}); pass a CSV that has it, or another SPEC.")
+
+# %% ../notebooks/01_data.ipynb #d3e1f002
+def derived_column(frame: pd.DataFrame, expression: str) -> pd.Series:
+    "One derived feature of `frame`: its `eval` expression as float64; a cell it cannot compute is NaN, never an error."
+    return pd.to_numeric(frame.eval(expression), errors="coerce").astype("float64")
 
 # %% ../notebooks/01_data.ipynb #27d9f7f6
 def file_sha256(path: str | Path) -> str:

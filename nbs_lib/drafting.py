@@ -122,7 +122,7 @@ def looks_like_id(p: ColumnProfile) -> bool:
     counting = bool((np.diff(np.sort(p.numbers.to_numpy())) == 1).all())
     return bool(ID_NAME.search(p.name)) or counting
 
-
+# %% ../notebooks/14_drafting.ipynb #e4a0a002
 def guess_task(p: ColumnProfile, task: str = "") -> tuple[str, str]:
     "classification or regression for the target, and why; a target that could be either asks for TASK=."
     if task not in ("", "classification", "regression"):
@@ -145,7 +145,7 @@ def guess_task(p: ColumnProfile, task: str = "") -> tuple[str, str]:
         f"guess. Say which: TASK=classification (each value a class, scored by accuracy) or TASK=regression (a number, "
         f"scored by RMSE), e.g. `make spec DATA=... TARGET={p.name} TASK=regression`.")
 
-
+# %% ../notebooks/14_drafting.ipynb #e4a0a004
 def guess_metric(task: str, y: pd.Series) -> tuple[str, str]:
     "The primary metric for the task and why: rmse, accuracy, or balanced_accuracy when a class is rare."
     if task == "regression":
@@ -221,7 +221,7 @@ def _line(key, value, comment: str = "", indent: int = 0, width: int = 34) -> st
     text = " " * indent + flow.strip()[1:-1]
     return f"{text:<{width}}  # {comment}" if comment else text
 
-
+# %% ../notebooks/14_drafting.ipynb #e4a0b002
 def _check_target(df: pd.DataFrame, target: str, source: str) -> ColumnProfile:
     "The target's profile, or a `UserInputError` when the file has no such column, empty cells or a single value."
     columns = ", ".join(map(repr, df.columns[:30])) + (" ..." if len(df.columns) > 30 else "")
@@ -243,7 +243,7 @@ def _check_target(df: pd.DataFrame, target: str, source: str) -> ColumnProfile:
                              "so there is nothing to learn. Check that DATA is the file you meant, or pick another TARGET.")
     return p
 
-
+# %% ../notebooks/14_drafting.ipynb #e4a0b005
 def draft_spec(df: pd.DataFrame, target: str, task: str = "", name: str = "", source: str = "data.csv") -> DraftedSpec:
     "A commented spec YAML for the frame `df` of text cells (see `read_as_text`), predicting `target`."
     p_target = _check_target(df, target, source)
@@ -289,7 +289,7 @@ def draft_spec(df: pd.DataFrame, target: str, task: str = "", name: str = "", so
     text = "\n".join(lines) + "\n"
     return DraftedSpec(text, Spec.model_validate(yaml.safe_load(text)))
 
-
+# %% ../notebooks/14_drafting.ipynb #e4a0b006
 def draft_spec_file(data: str | Path, target: str, task: str = "", name: str = "") -> DraftedSpec:
     "Read the CSV at `data` (see `read_as_text`) and draft its spec."
     return draft_spec(read_as_text(data), target, task, name, source=str(data))

@@ -187,7 +187,7 @@ def build_reports(spec: Spec, roles: dict, drift_columns: list[str], cfg: DriftS
         reports["performance"] = Report([ClassificationPreset() if spec.task == "classification" else RegressionPreset()])
     return reports
 
-
+# %% ../notebooks/11_drift.ipynb #3e607b37
 def run_reports(reports: dict[str, Any], current: pd.DataFrame, reference: pd.DataFrame, spec: Spec) -> dict[str, Any]:
     "Run each report (current first, then reference; the performance report on current rows only) and return the snapshots."
     from evidently import Dataset
@@ -215,7 +215,7 @@ def _number(v) -> float | None:
     v = float(v)
     return None if math.isnan(v) or math.isinf(v) else v
 
-
+# %% ../notebooks/11_drift.ipynb #372f78a6
 def drift_results(snapshot, spec: Spec, roles: dict) -> dict:
     "Dataset drift flag, drifted share and per-column results (test, score, threshold, drifted) from a data-drift snapshot."
     from evidently.legacy.calculations.stattests.registry import get_registered_stattest
@@ -241,7 +241,7 @@ def drift_results(snapshot, spec: Spec, roles: dict) -> dict:
             "target_drift": columns.get(roles["target"]) if roles["target"] else None,
             "prediction_drift": columns.get(roles["prediction"]) if roles["prediction"] else None}
 
-
+# %% ../notebooks/11_drift.ipynb #6c448daf
 def performance_results(snapshot) -> dict:
     "Single-value quality metrics (accuracy, F1, RMSE, ...) from a classification or regression snapshot."
     out = {}
@@ -265,7 +265,7 @@ class MonitorResult:
     @property
     def drift_detected(self) -> bool: return bool(self.summary.get("dataset_drift"))
 
-
+# %% ../notebooks/11_drift.ipynb #22c4f3e2
 def run_monitor(current: pd.DataFrame, reference: pd.DataFrame, spec: Spec, cfg: DriftSettings | None = None,
                 model=None, sources: dict | None = None) -> MonitorResult:
     "Contract, sample, score, Evidently reports and summary for one current set against the reference."

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Spec
+from .data import derived_column
 
 # %% auto #0
 __all__ = ['target_summary', 'numeric_summary', 'category_mix', 'correlations', 'numeric_by_target', 'correlation_ratio',
@@ -57,7 +58,7 @@ def correlations(df: pd.DataFrame, spec: Spec, derived: bool = True) -> pd.DataF
     num = df[spec.numeric_features].apply(pd.to_numeric, errors="coerce")
     if derived:
         for name, expr in spec.derived_features.items():
-            num[name] = pd.to_numeric(df.eval(expr), errors="coerce")
+            num[name] = derived_column(df, expr)
     return num.corr()
 
 

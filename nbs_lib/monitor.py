@@ -53,7 +53,7 @@ def monitored_model(settings: Settings, spec: Spec, version) -> tuple[Any, dict 
                          "holdout_metrics": {k.removeprefix("holdout_"): v for k, v in champ.metrics.items()
                                              if k.startswith("holdout_")}}
 
-
+# %% ../notebooks/13_monitor.ipynb #d3d52144
 def _utc(t) -> datetime | None:
     if t in (None, ""):
         return None
@@ -72,7 +72,7 @@ def log_window(since=None, until=None, window_hours: float = 24.0) -> tuple[date
         raise UserInputError(f"The window is empty: since {start.isoformat()} is not before until {end.isoformat()}.")
     return start, end
 
-
+# %% ../notebooks/13_monitor.ipynb #f1441970
 def load_current(current: str | Path | None, spec: Spec, settings: Settings, cfg: DriftSettings,
                  since=None, until=None) -> tuple[pd.DataFrame, dict]:
     "The current data: a CSV/parquet, or the prediction log (a .db path, or 'log'/empty for PREDICTION_LOG) over a window."

@@ -56,7 +56,7 @@ INSERT_JSON = ("INSERT INTO predictions (ts, model_name, model_version, predicti
                "value ->> '$[1]', value ->> '$[2]', value -> '$[3]', value -> '$[4]' FROM json_each(?)")
 PRUNE = "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE ts < ? LIMIT 10000)"  # short write locks
 
-
+# %% ../notebooks/10_predictions.ipynb #c38fda1e
 class PredictionLog:
     "Append-only prediction log with a background writer thread; `append` never waits for the disk."
 

@@ -43,7 +43,7 @@ _CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast
 
 _BACKTICKED = re.compile(r"`([^`]+)`")
 
-
+# %% ../notebooks/08_predictor.ipynb #3077d485
 def compile_expression(expr: str, columns: Iterable[str]) -> Callable[[dict[str, np.ndarray]], Any]:
     """An eval expression of arithmetic and comparisons over `columns` as a function of numpy columns. A column whose
     name is not a Python name is written in backticks, as pandas' `eval` wants it: "`stem width` * 2".
@@ -81,7 +81,7 @@ def compile_expression(expr: str, columns: Iterable[str]) -> Callable[[dict[str,
     except SyntaxError as e:
         raise CannotCompile(f"derived feature {expr!r} is not a Python expression") from e
 
-
+# %% ../notebooks/08_predictor.ipynb #0aa87b06
 def to_columns(records: list[dict], spec: Spec) -> dict[str, np.ndarray]:
     "Records (dicts keyed by column) as columns: float64 arrays for numeric features, object arrays otherwise."
     cols: dict[str, np.ndarray] = {}
@@ -120,7 +120,7 @@ def _matrix_step(step) -> Callable[[np.ndarray], np.ndarray] | None:
         return lambda X: X[:, support]
     raise CannotCompile(f"{type(step).__name__} has no fast path")
 
-
+# %% ../notebooks/08_predictor.ipynb #7da38ab7
 def _steps(trans) -> list:
     from sklearn.pipeline import Pipeline
     return [s for _, s in trans.steps] if isinstance(trans, Pipeline) else [trans]
@@ -136,7 +136,7 @@ def _numeric_block(trans, columns: list[str]) -> Callable[[dict], np.ndarray]:
         return X
     return block
 
-
+# %% ../notebooks/08_predictor.ipynb #5589d64a
 def _onehot_block(trans, columns: list[str], none_is_nan: bool = False) -> tuple[Callable[[dict], np.ndarray], int]:
     """A categorical block: optional most-frequent/constant imputation, then one-hot encoding. `none_is_nan`: an
     earlier step turned None (and pd.NA) into NaN, so they are imputed like NaN."""
@@ -200,7 +200,7 @@ def _onehot_block(trans, columns: list[str], none_is_nan: bool = False) -> tuple
         return out
     return block, width
 
-
+# %% ../notebooks/08_predictor.ipynb #9755fb0d
 def compile_column_transformer(ct, numeric: set[str], none_is_nan: bool = False) -> Callable[[dict], np.ndarray]:
     """A fitted dense ColumnTransformer as a function of columns; `numeric` names the float columns, `none_is_nan` says
     an earlier step makes None in a text column NaN."""
@@ -250,7 +250,7 @@ def _single_thread(est):
     est.n_jobs = 1
     return est
 
-
+# %% ../notebooks/08_predictor.ipynb #3d49f964
 class ForestKernel:
     "A RandomForest/ExtraTrees model: flattened trees for single rows, the model itself (by row chunks) for batches."
 
@@ -301,7 +301,7 @@ class ForestKernel:
             proba = np.concatenate(_by_rows(self.est.predict_proba, X))
         return self.classes.take(np.argmax(proba, axis=1), axis=0), proba
 
-
+# %% ../notebooks/08_predictor.ipynb #f85bd614
 class LightGBMKernel:
     "An LGBMClassifier/LGBMRegressor: its booster on one thread for single rows, the sklearn wrapper for batches."
 
@@ -319,7 +319,7 @@ class LightGBMKernel:
             proba = self.est.predict_proba(X)
         return self.classes.take(np.argmax(proba, axis=1), axis=0), proba
 
-
+# %% ../notebooks/08_predictor.ipynb #c6624adb
 class LinearKernel:
     "LogisticRegression / Ridge / LinearRegression: X @ coef_.T + intercept_, then sklearn's own link functions."
 
@@ -354,7 +354,7 @@ class EstimatorKernel:
         proba = self.est.predict_proba(X) if self.classes is not None and hasattr(self.est, "predict_proba") else None
         return values, proba
 
-
+# %% ../notebooks/08_predictor.ipynb #914ffe6e
 def estimator_kernel(est) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
     "The fastest exact kernel for a fitted estimator."
     from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
@@ -397,7 +397,7 @@ class PipelinePredictor:
             return Prediction(self.pipeline.predict(X).tolist(), None)
         return Prediction(self.pipeline.predict(X).tolist(), self.pipeline.predict_proba(X))
 
-
+# %% ../notebooks/08_predictor.ipynb #68a6e521
 class FastPredictor:
     "The fitted pipeline compiled to numpy operations and a direct estimator call; same outputs as the pipeline."
     kind = "compiled"
@@ -448,7 +448,7 @@ class FastPredictor:
         values, proba = self.kernel(self.transform(records))
         return Prediction(values.tolist(), proba)
 
-
+# %% ../notebooks/08_predictor.ipynb #512ec2bd
 def probe_records(spec: Spec, rows: int = 300, seed: int = 0) -> list[dict]:
     """Records spread uniformly over every feature's range and levels (bounds included), to check a predictor on.
     A nullable feature is empty in about one record in four, as None (what the API sends) or NaN (what a frame holds)."""
@@ -477,7 +477,7 @@ def same_predictions(a: Prediction, b: Prediction) -> bool:
         return False
     return a.proba is None or np.array_equal(a.proba, b.proba)
 
-
+# %% ../notebooks/08_predictor.ipynb #c37df3ea
 def make_predictor(pipeline, spec: Spec, probe: list[dict] | None = None, singles: int = 25):
     "A FastPredictor checked against the pipeline on probe records, or the pipeline itself when it cannot be."
     reference = PipelinePredictor(pipeline, spec)

@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from .config import Products, Settings, Spec, UserInputError
-from .data import load_raw_frame
+from .data import derived_column, load_raw_frame
 
 # %% auto #0
 __all__ = ['DUPLICATE_SHARE', 'clean_frame', 'features_target', 'split_holdout', 'DerivedFeatures', 'make_preprocessor',
@@ -91,7 +91,7 @@ class DerivedFeatures(BaseEstimator, TransformerMixin):
             elif X[c].isna().any():
                 X[c] = X[c].where(X[c].notna(), np.nan)
         for name, expr in (self.expressions or {}).items():
-            X[name] = pd.to_numeric(X.eval(expr), errors="coerce").astype("float64")
+            X[name] = derived_column(X, expr)
         return X
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:

@@ -43,7 +43,7 @@ def _jsonable(v):
         return str(v)
     return v
 
-
+# %% ../notebooks/12_publishing.ipynb #3695b8b7
 def _point_latest(root: Path, name: str) -> None:
     "Swap the `latest` link to `name` atomically, through a uniquely named link (no clash across containers or threads)."
     tmp = root / f".latest-{uuid.uuid4().hex}"
@@ -72,7 +72,7 @@ def _claim(root: Path, stamp: str) -> str:
             continue
     raise RuntimeError(f"no free monitoring run name for {stamp} under {root}; remove old runs")
 
-
+# %% ../notebooks/12_publishing.ipynb #d8a7ac71
 def publish(result: MonitorResult, root: str | Path, keep_runs: int = 50, now: datetime | None = None) -> Path:
     "Write the HTML reports and summary.json to `root/<timestamp>/`, point `root/latest` at it, prune old runs."
     root = Path(root)
@@ -105,7 +105,7 @@ def publish(result: MonitorResult, root: str | Path, keep_runs: int = 50, now: d
             shutil.rmtree(old, ignore_errors=True)
     return root / name
 
-
+# %% ../notebooks/12_publishing.ipynb #dda30a42
 def read_latest(root: str | Path) -> dict | None:
     "The summary of the run `latest` points at, or of the newest complete run if it dangles; None when there is none."
     root = Path(root)

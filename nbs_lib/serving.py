@@ -55,7 +55,7 @@ def _record_title(spec: Spec) -> str:
     "The spec's name as a schema title: 'wine-quality' -> 'WineQuality'."
     return re.sub(r"[\W_]", "", spec.name.title())
 
-
+# %% ../notebooks/09_serving.ipynb #a5050849
 def describe_feature(f: FeatureSpec) -> str:
     "What a feature accepts, in words (with its unit, and null when it is nullable), for error messages and the docs."
     if f.kind == "categorical":
@@ -84,7 +84,7 @@ def example_record(spec: Spec) -> dict[str, Any]:
         return round((lo + hi) / 2, 3)
     return {c: (f.levels[0] if f.kind == "categorical" else mid(f)) for c, f in spec.features.items()}
 
-
+# %% ../notebooks/09_serving.ipynb #98fb41e6
 def feature_type(f: FeatureSpec) -> Any:
     """The annotated type of one feature: a Literal of its levels, or a strict finite float within its range; either
     or None when the feature is nullable."""
@@ -107,7 +107,7 @@ def request_model(spec: Spec) -> type[BaseModel]:
     return create_model(f"{_record_title(spec)}Record", __config__=config,
                         __doc__=f"One {spec.name} record: the model's input features by their CSV column names.", **fields)
 
-
+# %% ../notebooks/09_serving.ipynb #f964d0da
 def batch_adapter(spec: Spec, limit: int) -> TypeAdapter:
     "Validates a batch body `{\"records\": [...]}` (at most `limit`) from JSON bytes straight into plain dicts."
     record = TypedDict(f"{_record_title(spec)}RecordDict", {c: feature_type(f) for c, f in spec.features.items()})
@@ -116,7 +116,7 @@ def batch_adapter(spec: Spec, limit: int) -> TypeAdapter:
     body.__pydantic_config__ = ConfigDict(extra="forbid")
     return TypeAdapter(body)
 
-
+# %% ../notebooks/09_serving.ipynb #576f9d09
 def batch_decoder(spec: Spec, limit: int) -> Callable[[bytes], list[dict]]:
     "Decode and validate a batch body into records (dicts by column); a bad body raises pydantic's ValidationError."
     checked = batch_adapter(spec, limit)
@@ -148,7 +148,7 @@ def batch_decoder(spec: Spec, limit: int) -> Callable[[bytes], list[dict]]:
         return [{renamed.get(k, k): v for k, v in r.items()} for r in records] if renamed else records
     return decode
 
-
+# %% ../notebooks/09_serving.ipynb #cf7ad622
 @functools.cache
 def _renamed_fields(model: type[BaseModel]) -> dict[str, str]:
     return {name: info.alias for name, info in model.model_fields.items() if info.alias and info.alias != name}

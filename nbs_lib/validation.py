@@ -31,7 +31,7 @@ __all__ = ['log', 'Policy', 'NUMERIC_TYPES', 'TEXT_TYPES', 'STRUCTURAL', 'build_
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "float16", "float32", "float64", "int", "float"]
 TEXT_TYPES = ["object", "str", "string"]
 
-
+# %% ../notebooks/02_validation.ipynb #2e0a0a02
 def build_suite(spec: Spec, columns: list[str], policy: Policy = "training"):
     """A GX ExpectationSuite for a frame with `columns`, checked against the spec. A nullable feature's empty cells are
     allowed up to its share (GX's `mostly`); ranges and levels are checked on the cells that are not empty."""
@@ -91,7 +91,7 @@ class Finding:
         examples = f", e.g. {', '.join(map(repr, self.examples[:5]))}" if self.examples else ""
         return f"{self.severity}: {self.expectation} failed on {where}{count}{examples}; {self.allowed}"
 
-
+# %% ../notebooks/02_validation.ipynb #2e0a0b02
 @dataclass
 class ValidationReport:
     "The outcome of validating one dataset: `ok` means no errors (findings may remain under the current policy)."
@@ -119,7 +119,7 @@ class ValidationReport:
             lines.append(f"  Data Docs: {self.docs}")
         return "\n".join(lines)
 
-
+# %% ../notebooks/02_validation.ipynb #2e0a0b05
 def _allowed(cfg) -> str:
     k = cfg.kwargs
     match cfg.type:
@@ -136,7 +136,7 @@ def _allowed(cfg) -> str:
                     "min_rows in the spec for a small table; folds and the holdout adapt to it)")
     return "see Data Docs"
 
-
+# %% ../notebooks/02_validation.ipynb #2e0a0b07
 def findings_from(results, policy: Policy) -> list[Finding]:
     "Turn GX expectation results into findings; a range check that crashed on text is covered by the type check."
     out, typed_bad = [], set()
@@ -156,7 +156,7 @@ def findings_from(results, policy: Policy) -> list[Finding]:
                            "error" if policy == "training" or cfg.type in STRUCTURAL else "finding"))
     return [f for f in out if not (f.column in typed_bad and f.unexpected_count is None and f.expectation != "expect_column_values_to_be_in_type_list")]
 
-
+# %% ../notebooks/02_validation.ipynb #2e0a0b0a
 def frame_for_gx(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """A consolidated copy for GX with categorical text as `category` dtype: same values, far cheaper to check.
 
@@ -165,7 +165,7 @@ def frame_for_gx(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     text = [c for c in spec.categorical_features + [spec.target] if c in df.columns and df[c].dtype == object]
     return df.astype({c: "category" for c in text}).copy()
 
-
+# %% ../notebooks/02_validation.ipynb #2e0a0b0c
 def validate_frame(df: pd.DataFrame, spec: Spec, policy: Policy = "training", docs_dir: Path | None = None) -> ValidationReport:
     "Validate a DataFrame with the spec's GX suite; with `docs_dir`, also build Data Docs HTML there."
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
