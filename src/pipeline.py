@@ -111,7 +111,10 @@ def execute_notebook(settings: Settings, name: str, params: dict, out_dir: Path)
             done.result()
         except KeyboardInterrupt:
             kernel.stop()
-            done.exception()  # papermill's error for the dead kernel: the interrupt is what is reported
+            try:  # papermill's error for the dead kernel: the interrupt is what is reported
+                done.exception(timeout=30)
+            except (KeyboardInterrupt, TimeoutError):  # Ctrl-C again, or papermill slow to notice: stop waiting
+                pass
             raise RunInterrupted(name) from None
         except pm.PapermillExecutionError as e:
             raise NotebookFailed(
@@ -132,6 +135,7 @@ def execute_notebooks(settings: Settings, params: dict, out_dir: Path,
     """Each notebook in turn; the first that fails stops the run, so registration never follows a failure."""
     for name in notebooks:
         execute_notebook(settings, name, params, out_dir)
+
 
 @dataclass
 class PreparedInput:
