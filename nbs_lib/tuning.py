@@ -290,10 +290,12 @@ def study_summary(study: optuna.Study, spec: Spec) -> dict:
 
 # %% ../notebooks/05_tuning.ipynb #a5e0c003
 def varied_params(study: optuna.Study) -> list[str]:
-    "Parameters every finished trial has and that took at least two values: what an importance can rank."
+    """Parameters every finished trial has, from one search range, that took at least two values: what an importance
+    can rank (Optuna refuses a parameter whose range differs between trials, as `n_estimators` between families may)."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     shared = set.intersection(*(set(t.params) for t in done)) if done else set()
-    return sorted(p for p in shared if len({repr(t.params[p]) for t in done}) > 1)
+    return sorted(p for p in shared if len({repr(t.params[p]) for t in done}) > 1
+                  and all(t.distributions[p] == done[0].distributions[p] for t in done))
 
 
 def best_family_study(study: optuna.Study) -> optuna.Study:
