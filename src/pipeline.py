@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,10 +112,8 @@ def execute_notebook(settings: Settings, name: str, params: dict, out_dir: Path)
             done.result()
         except KeyboardInterrupt:
             kernel.stop()
-            try:  # papermill's error for the dead kernel: the interrupt is what is reported
-                done.exception(timeout=30)
-            except (KeyboardInterrupt, TimeoutError):  # Ctrl-C again, or papermill slow to notice: stop waiting
-                pass
+            with suppress(KeyboardInterrupt, TimeoutError):  # Ctrl-C again, or papermill slow to notice: stop waiting
+                done.exception(timeout=30)  # papermill's error for the dead kernel: the interrupt is what is reported
             raise RunInterrupted(name) from None
         except pm.PapermillExecutionError as e:
             raise NotebookFailed(
