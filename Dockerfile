@@ -1,6 +1,8 @@
 # The serving image: the FastAPI app (src/serving) on the MLflow champion. Runtime libraries from requirements.txt
 # only: no papermill, JupyterLab or nbdev. Build: docker build -t nbs-mlops-api .   Run: see docker-compose.yaml (api).
-FROM python:3.11-slim
+# PYTHON_IMAGE: the base image; pin it by digest in .env for production (see .env.example).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -28,10 +30,14 @@ RUN mkdir -p data/predictions models reports && chown -R app:app data models rep
 
 USER app
 # WEB_CONCURRENCY: uvicorn worker processes; PORT: where the app listens inside the container.
+# MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false: no MLflow loader deserialises a model; the champion is loaded by skops
+# after its MLmodel is checked (nbs_lib.champion.load_sklearn_model), so a pickled model cannot run code here.
 ENV PORT=8000 \
-    WEB_CONCURRENCY=1
+    WEB_CONCURRENCY=1 \
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)"]
-# src.serving.settings first: a bad setting (a placeholder API_KEY) stops the container with one line, before uvicorn.
-CMD ["sh", "-c", "python -m src.serving.settings && exec uvicorn src.serving.app:app --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\""]
+# python -m src.serving checks the settings first (a placeholder API_KEY stops the container with one line, before
+# uvicorn), and gives several workers one shared folder for their metrics and reload signal (src/serving/__main__.py).
+CMD ["python", "-m", "src.serving", "--host", "0.0.0.0"]

@@ -10,6 +10,9 @@ DATA ?=
 PROFILE ?=
 SPEC ?=
 RUN_ENV := DATA="$(DATA)" PROFILE="$(PROFILE)" SPEC="$(SPEC)"
+# Processes that only load the champion: no MLflow loader may deserialise a model (pickle runs code); the champion is
+# loaded by skops after its MLmodel is checked (nbs_lib.champion). Not the pipeline: MLflow reloads what it logs.
+NO_PICKLE := MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 TUNERS ?= 1
 # Where `make jupyter` and `make mlflow-ui` listen: this machine only, unless BIND_ADDRESS=0.0.0.0 is asked for.
@@ -62,7 +65,7 @@ bench-validate: $(STAMP) ## time and peak memory to validate 1M generated rows
 	$(PY) -m src.bench.validate
 
 monitor: $(STAMP) ## drift report of CURRENT vs the champion's reference; exit 1 on drift [CURRENT=csv|log.db REFERENCE= SINCE= UNTIL= SPEC=]
-	SPEC="$(SPEC)" $(PY) -m src.monitoring.monitor --current "$(CURRENT)" --reference "$(REFERENCE)" --since "$(SINCE)" --until "$(UNTIL)"
+	$(NO_PICKLE) SPEC="$(SPEC)" $(PY) -m src.monitoring.monitor --current "$(CURRENT)" --reference "$(REFERENCE)" --since "$(SINCE)" --until "$(UNTIL)"
 
 retrain-if-drift: $(STAMP) ## run the monitor and, on drift, the pipeline (its gate decides) [CURRENT= REFERENCE= DATA= PROFILE=]
 	$(RUN_ENV) $(PY) -m src.monitoring.retrain --current "$(CURRENT)" --reference "$(REFERENCE)" --since "$(SINCE)" --until "$(UNTIL)"
@@ -75,10 +78,13 @@ bench-monitor: $(STAMP) ## drift check of 1M generated rows (sampled) vs plain E
 	$(PY) -m src.bench.monitor
 
 serve: $(STAMP) ## the prediction API on :8000 over the local store's champion [SPEC= API_KEY= WORKERS=1 MODEL_POLL_SECONDS=]
-	SPEC="$(SPEC)" $(VENV)/bin/uvicorn src.serving.app:app --host 0.0.0.0 --port 8000 --workers $(or $(WORKERS),1)
+	$(NO_PICKLE) SPEC="$(SPEC)" $(PY) -m src.serving --host 0.0.0.0 --port 8000 --workers $(or $(WORKERS),1)
 
 bench-serve: $(STAMP) ## this API vs mlflow models serve vs in-process: latency, req/s, batch rows/s, errors (trains a champion if none)
 	SPEC="$(SPEC)" $(PY) -m src.bench.serve
+
+bench-robustness: $(STAMP) ## the API over HTTP (2 workers): schemathesis, a hostile set with /health p99, 10k requests across 5 reloads; exit 1 on a 5xx or lost request [SPEC= WORKERS=2]
+	SPEC="$(SPEC)" $(PY) -m src.bench.robustness --workers $(or $(WORKERS),2)
 
 mlflow-ui: $(STAMP) ## MLflow UI on :5000 over the local store [BIND_ADDRESS=127.0.0.1]
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///models/mlflow.db --host $(BIND_ADDRESS) --port 5000
@@ -87,8 +93,8 @@ jupyter: $(STAMP) ## JupyterLab on :8888, as root too [BIND_ADDRESS=127.0.0.1]
 	$(VENV)/bin/jupyter lab --ip $(BIND_ADDRESS) --port 8888 --no-browser$(if $(filter 0,$(USER_ID)), --allow-root) notebooks
 
 up: ## build and start the docker-compose stack (needs .env: cp .env.example .env, set the secrets; refuses change-me ones) [TUNERS=n]
-	@test -f .env || { echo "error: no .env. Copy .env.example to .env and set POSTGRES_PASSWORD, JUPYTER_TOKEN and API_KEY."; exit 2; }
-	@bad=$$(grep -oE '^(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY)="?change-me' .env | cut -d= -f1 | paste -sd' ' -); \
+	@test -f .env || { echo "error: no .env. Copy .env.example to .env and set POSTGRES_PASSWORD, JUPYTER_TOKEN, API_KEY, MLFLOW_PASSWORD and MLFLOW_SECRET_KEY."; exit 2; }
+	@bad=$$(grep -oE '^(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY|MLFLOW_PASSWORD|MLFLOW_SECRET_KEY)="?change-me' .env | cut -d= -f1 | paste -sd' ' -); \
 	test -z "$$bad" || { echo "error: .env still has the .env.example placeholder (change-me...) for $$bad: set each to a random URL-safe string, e.g. $(MAKE_SECRET)" >&2; exit 2; }
 	@key=$$(sed -nE 's/^API_KEY="?([^"]*)"?$$/\1/p' .env | tail -n 1); \
 	test $${#key} -ge 16 || { echo "error: API_KEY in .env has $${#key} characters, fewer than 16: set it to a random URL-safe string, e.g. $(MAKE_SECRET)" >&2; exit 2; }
@@ -107,4 +113,4 @@ bench-tuners: ## time the shared Optuna study with 1 vs 3 tuner containers (real
 clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
 	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation reports/monitoring
 
-.PHONY: help install pipeline test validate spec example-data export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve
+.PHONY: help install pipeline test validate spec example-data export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve bench-robustness

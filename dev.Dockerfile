@@ -1,7 +1,9 @@
 # The research image: JupyterLab on :8888 with requirements_dev.txt and nbs_lib installed editable. The jupyter
 # service mounts the repo over /app (edit notebooks on the host); pipeline, tuner and scheduler run the copy baked in.
 # Token: JUPYTER_TOKEN from the environment (.env). Build: docker build -f dev.Dockerfile -t nbs-mlops-dev .
-FROM python:3.11-slim
+# PYTHON_IMAGE: the base image; pin it by digest in .env for production (see .env.example).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

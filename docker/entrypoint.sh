@@ -10,5 +10,6 @@ refuse() {
 case "${JUPYTER_TOKEN:-}" in change-me*) refuse JUPYTER_TOKEN ;; esac
 # the password inside postgresql+psycopg2://user:password@host/db
 case "${OPTUNA_STORAGE:-}" in *://*:change-me*@*) refuse POSTGRES_PASSWORD ;; esac
+case "${MLFLOW_TRACKING_PASSWORD:-}" in change-me*) refuse MLFLOW_PASSWORD ;; esac
 python "$(dirname "$0")/init_stores.py"
 exec "$@"

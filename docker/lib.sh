@@ -22,6 +22,8 @@ PY
 secret() { python3 -c "import secrets; print(secrets.token_hex(12))"; }
 cp .env.example "$ENV_FILE"
 set_env POSTGRES_PASSWORD "$(secret)"; set_env JUPYTER_TOKEN "$(secret)"; set_env API_KEY "$(secret)"
+MLFLOW_CREDENTIALS="admin:$(secret)"
+set_env MLFLOW_USER admin; set_env MLFLOW_PASSWORD "${MLFLOW_CREDENTIALS#admin:}"; set_env MLFLOW_SECRET_KEY "$(secret)"
 set_env API_PORT "$API_PORT"; set_env MLFLOW_PORT "$MLFLOW_PORT"; set_env JUPYTER_PORT "$JUPYTER_PORT"
 set_env OPTUNA_STUDY "$STUDY"; set_env TUNER_TRIALS "$TRIALS"; set_env MODEL_POLL_SECONDS "$POLL"
 # Exported variables win over the env file in compose: un-export them (values stay for this script) so the file decides.
@@ -68,6 +70,8 @@ http() {
   local args=(-s -o "$out" -w '%{http_code}' -X "$1" --max-time 60)
   [[ -n ${3:-} ]] && args+=(-H 'Content-Type: application/json' --data "$3")
   [[ -n ${4:-} ]] && args+=(-H "$4")
+  # the MLflow server asks for a user; ANONYMOUS=1 calls it without one
+  [[ $2 == "$MLFLOW"* && -z ${ANONYMOUS:-} ]] && args+=(-u "$MLFLOW_CREDENTIALS")
   STATUS=$(curl "${args[@]}" "$2" || true)
   BODY=$(cat "$out"); rm -f "$out"
   local flat; flat=$(tr -s ' \n' ' ' <<<"$BODY")

@@ -2,12 +2,13 @@
 # `make test-compose`: the whole stack end to end with a real engine, then torn down (volumes included).
 #
 # Builds the images, brings postgres, mlflow, api, scheduler and jupyter up and waits for their health, checks the
-# api answers 503 with a reason while there is no champion, runs two tuners on one study, runs the pipeline service,
-# checks the MLflow server's champion (REST) and that the pipeline took the study's best trial, waits for the api
-# to pick the champion up, calls /model and /predict, runs the drift check, scales the tuners back to one, then the
-# bad cases: MLflow down (api stays up, answers 503, no restart loop), Postgres restarted while a tuner runs (server
-# and worker reconnect), and `docker stop` of a tuner mid-trial (exit 143 at once, its trial queued again). Exits
-# non-zero at the first failure; prints the steps' timings and the calls made.
+# api answers 503 with a reason while there is no champion and that MLflow refuses callers without the .env user,
+# runs two tuners on one study, runs the pipeline service, checks the MLflow server's champion (REST) and that the
+# pipeline took the study's best trial, waits for the api to pick the champion up, calls /model and /predict, runs
+# the drift check, scales the tuners back to one, then the bad cases: MLflow down (api stays up, answers 503, no
+# restart loop), Postgres restarted while a tuner runs (server and worker reconnect), and `docker stop` of a tuner
+# mid-trial (exit 143 at once, its trial queued again). Exits non-zero at the first failure; prints the steps'
+# timings and the calls made.
 #
 # Runs as its own compose project (COMPOSE_TEST_PROJECT, default nbs-mlops-test) with random secrets and its own
 # ports (TEST_*_PORT), so a stack started with `make up` is left alone. TEST_TUNER_TRIALS sets the study size.
@@ -50,6 +51,17 @@ no_champion() {
   http GET "http://127.0.0.1:$JUPYTER_PORT/api"; expect_status 200 "JupyterLab /api"
 }
 step "api without a champion: /ready 503 with the reason" no_champion
+
+mlflow_needs_a_user() {
+  ANONYMOUS=1 http POST "$MLFLOW/api/2.0/mlflow/experiments/create" '{"name": "intruder"}'
+  expect_status 401 "an unauthenticated write to MLflow"
+  ANONYMOUS=1 http POST "$MLFLOW/api/2.0/mlflow/registered-models/alias" '{"name": "obesity", "alias": "champion", "version": "1"}'
+  expect_status 401 "an unauthenticated alias move"
+  ANONYMOUS=1 http GET "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1"
+  expect_status 401 "an unauthenticated read"
+  http GET "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1"; expect_status 200 "MLflow with the .env user"
+}
+step "MLflow refuses a caller without the .env user (basic auth)" mlflow_needs_a_user
 
 scale_tuners() {  # N TIMEOUT_S: scale the tuner service to N workers and wait for them to finish the study
   dc up -d --no-deps --scale tuner="$1" tuner

@@ -21,9 +21,11 @@ from .config import REFERENCE_ARTIFACT, Spec, UserInputError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'PREDICTION', 'redact_uri', 'no_champion_message', 'registry_unreachable_message', 'NoChampion',
-           'RegistryUnreachable', 'mlflow_client', 'store_missing', 'champion_version', 'find_champion', 'Champion',
-           'check_columns', 'load_champion', 'champion_reference', 'add_derived', 'prepare_frame', 'score_frame']
+__all__ = ['log', 'SAFE_PACKAGES', 'OWN_PACKAGE', 'SAFE_TYPES', 'UNSAFE_PARTS', 'PREDICTION', 'redact_uri', 'no_champion_message',
+           'registry_unreachable_message', 'NoChampion', 'RegistryUnreachable', 'mlflow_client', 'store_missing',
+           'champion_version', 'find_champion', 'Champion', 'check_columns', 'UnsafeModel', 'unsafe_model_message',
+           'safe_type', 'check_flavor', 'load_sklearn_model', 'load_champion', 'champion_reference', 'add_derived',
+           'prepare_frame', 'score_frame']
 
 # %% ../notebooks/06_champion.ipynb #fa231337
 def redact_uri(uri: str) -> str:
@@ -104,17 +106,90 @@ def check_columns(pipeline, spec: Spec, where: str) -> None:
         raise UserInputError(f"{where} expects columns {cols}, but spec {spec.name!r} has {spec.feature_names}; "
                              "set SPEC (and MODEL_NAME) to the dataset the model was trained on.")
 
+# %% ../notebooks/06_champion.ipynb #7e5a0002
+SAFE_PACKAGES = ("sklearn", "lightgbm")                          # estimator libraries: their classes and functions
+OWN_PACKAGE = "nbs_lib"                                          # our own code: its classes only
+SAFE_TYPES = frozenset({"numpy.dtype", "collections.OrderedDict"})   # plain data types a fitted model holds
+UNSAFE_PARTS = frozenset({"builtins", "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "pickle",
+                          "cloudpickle", "joblib", "marshal", "importlib", "runpy", "code", "ctypes", "operator",
+                          "functools", "eval", "exec", "compile", "open", "system", "popen", "_testing", "testing",
+                          "tests", "externals", "datasets"})     # reach the system: refused even under a safe package
+
+
+class UnsafeModel(UserInputError):
+    "A registered model that is not loaded: deserialising it could run code (pickle, or skops trusting unsafe types)."
+
+
+def unsafe_model_message(where: str, problem: str) -> str:
+    "Which version was refused, why, and how to fix it."
+    return (f"{where} was not loaded: {problem}. Only skops models trusting sklearn, lightgbm and nbs_lib types are "
+            "loaded; re-register the model with the project's pipeline: make pipeline")
+
+
+def safe_type(name: str) -> bool:
+    "True for a trusted-type name that cannot run code when skops loads it (see the rule above)."
+    import importlib
+    if name in SAFE_TYPES:
+        return True
+    module, _, attr = name.rpartition(".")
+    parts = name.split(".")
+    if parts[0] not in (*SAFE_PACKAGES, OWN_PACKAGE) or not module or attr.startswith("_") or UNSAFE_PARTS & set(parts):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return False
+    defined_here = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__name__', '')}" == name   # not a re-export
+    return defined_here and (isinstance(obj, type) if parts[0] == OWN_PACKAGE else callable(obj))
+
+
+def check_flavor(mlmodel: dict, where: str) -> dict:
+    "The `sklearn` flavor of a model's MLmodel, or `UnsafeModel` unless it is skops, ships no code and trusts only safe types."
+    flavor = (mlmodel.get("flavors") or {}).get("sklearn")
+    if not isinstance(flavor, dict):
+        raise UnsafeModel(unsafe_model_message(where, "it has no scikit-learn flavor"))
+    fmt = flavor.get("serialization_format", "pickle")   # MLflow's default when the MLmodel does not say
+    if fmt != "skops":
+        raise UnsafeModel(unsafe_model_message(where, f"it is serialised with {fmt}, which can run any code when loaded"))
+    if flavor.get("code"):
+        raise UnsafeModel(unsafe_model_message(where, "it ships code (code_paths) that loading would import"))
+    trusted = flavor.get("skops_trusted_types") or []
+    unsafe = [t for t in trusted if not isinstance(t, str) or not safe_type(t)] if isinstance(trusted, list) else [trusted]
+    if unsafe:
+        raise UnsafeModel(unsafe_model_message(where, f"its MLmodel trusts types outside the allowlist: {unsafe}"))
+    return flavor
+
+
+def load_sklearn_model(local: str | Path, where: str):
+    "The fitted model of a downloaded MLflow model folder, loaded by skops after `check_flavor` (nothing else is deserialised)."
+    import skops.io as sio
+    import yaml
+    from skops.io.exceptions import UntrustedTypesFoundException
+    folder = Path(local).resolve()
+    try:
+        mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UnsafeModel(unsafe_model_message(where, f"its MLmodel cannot be read ({type(e).__name__})")) from None
+    flavor = check_flavor(mlmodel if isinstance(mlmodel, dict) else {}, where)
+    path = (folder / str(flavor.get("pickled_model", ""))).resolve()
+    if not path.is_file() or not path.is_relative_to(folder):
+        raise UnsafeModel(unsafe_model_message(where, f"its model file {flavor.get('pickled_model')!r} is not in the model folder"))
+    try:
+        return sio.load(path, trusted=flavor.get("skops_trusted_types") or [])
+    except UntrustedTypesFoundException as e:
+        raise UnsafeModel(unsafe_model_message(where, f"its model file holds types its MLmodel does not trust ({e})")) from None
+
 # %% ../notebooks/06_champion.ipynb #6c0a0a03
 def load_champion(tracking_uri: str, name: str, alias: str, spec: Spec, version=None, then: str = "") -> Champion:
-    "The version under `alias` (or the ModelVersion `version`, resolved before), loaded by number and checked against `spec`."
+    "The version under `alias` (or the ModelVersion `version`, resolved before), loaded by number (only if safe) and checked against `spec`."
     import mlflow
     mv = version or find_champion(tracking_uri, name, alias, then)
-    client = mlflow_client(tracking_uri)
+    client, where = mlflow_client(tracking_uri), f"models:/{name}/{mv.version}"
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         source = client.get_model_version_download_uri(name, mv.version)
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
-        model = mlflow.sklearn.load_model(local)
-    check_columns(model, spec, f"models:/{name}/{mv.version}")
+        model = load_sklearn_model(local, where)   # checked before anything is deserialised; UnsafeModel if refused
+    check_columns(model, spec, where)
     metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
     tags = {k: v for k, v in sorted(mv.tags.items()) if k.startswith(("lineage.", "gate."))}
     return Champion(name, str(mv.version), alias, mv.run_id or "", model, dict(sorted(metrics.items())), tags)

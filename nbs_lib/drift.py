@@ -16,47 +16,31 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .champion import PREDICTION, prepare_frame, score_frame
-from .config import Spec, UserInputError, read_settings
+from .config import DriftSettings, Spec, UserInputError, read_settings
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DriftSettings', 'get_drift_settings', 'column_roles', 'data_definition', 'stratify_key', 'sample_current',
+__all__ = ['log', 'check_stat_tests', 'get_drift_settings', 'column_roles', 'data_definition', 'stratify_key', 'sample_current',
            'inject_drift', 'contract_findings', 'empty_columns', 'drift_method', 'build_reports', 'run_reports',
            'drift_results', 'performance_results', 'MonitorResult', 'run_monitor']
 
 # %% ../notebooks/11_drift.ipynb #9bc0f5ed
-class DriftSettings(BaseSettings):
-    "How drift is measured and when it counts; each field is read from `DRIFT_<NAME>` (e.g. DRIFT_SHARE_THRESHOLD)."
-    model_config = SettingsConfigDict(env_prefix="DRIFT_", extra="ignore", case_sensitive=False, env_ignore_empty=True)
-
-    share_threshold: float = Field(0.3, gt=0, le=1)   # dataset drift when at least this share of feature columns drifted
-    num_method: str = "ks"                            # Evidently stat test for numeric columns
-    num_threshold: float = Field(0.05, gt=0)          # its threshold (a p-value for tests, a distance for distances)
-    cat_method: str = "jensenshannon"                 # Evidently stat test for categorical columns
-    cat_threshold: float = Field(0.1, gt=0)
-    sample_rows: int = Field(50_000, ge=1_000)         # current sets above this size are sampled down to it
-    min_rows: int = Field(50, ge=1)                   # fewer current rows than this give no verdict
-    seed: int = 42                                    # sampling seed: the same data gives the same sample
-    window_hours: float = Field(24.0, gt=0)           # prediction-log window when no `since` is given
-    keep_runs: int = Field(50, ge=1)                  # report folders kept under reports/monitoring/
-
-    @field_validator("num_method", "cat_method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
-        if v not in _registered_stat_tests:
-            raise ValueError(f"unknown Evidently stat test {v!r}; use one of {sorted(_registered_stat_tests)}")
-        return v
+def check_stat_tests(cfg: DriftSettings) -> DriftSettings:
+    "Refuse a stat test Evidently does not know (DRIFT_NUM_METHOD, DRIFT_CAT_METHOD) before any data is read."
+    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
+    for name, method in (("DRIFT_NUM_METHOD", cfg.num_method), ("DRIFT_CAT_METHOD", cfg.cat_method)):
+        if method not in _registered_stat_tests:
+            raise UserInputError(f"Invalid setting: {name}={method!r} is not an Evidently stat test; use one of "
+                                 f"{sorted(_registered_stat_tests)}.")
+    return cfg
 
 
 def get_drift_settings(**overrides) -> DriftSettings:
-    "Drift settings from the environment; keyword `overrides` win. A bad value is a `UserInputError` naming the variable."
-    return read_settings(DriftSettings, overrides, env_prefix="DRIFT_", hint=" (see notebooks/11_drift.ipynb)")
+    "The drift section of the settings (`Settings.drift`) with keyword `overrides` on top, its stat tests checked."
+    return check_stat_tests(read_settings(DriftSettings, overrides, env_prefix="DRIFT_", hint=" (see notebooks/11_drift.ipynb)"))
 
 # %% ../notebooks/11_drift.ipynb #516bd3cd
 def column_roles(spec: Spec, columns) -> dict:
@@ -269,7 +253,7 @@ class MonitorResult:
 def run_monitor(current: pd.DataFrame, reference: pd.DataFrame, spec: Spec, cfg: DriftSettings | None = None,
                 model=None, sources: dict | None = None) -> MonitorResult:
     "Contract, sample, score, Evidently reports and summary for one current set against the reference."
-    cfg = cfg or get_drift_settings()
+    cfg = check_stat_tests(cfg or get_drift_settings())
     sources = sources or {}
     contract = contract_findings(current, spec)   # on every row: a rare unseen category must not hide in a sample
     if len(current) < cfg.min_rows:

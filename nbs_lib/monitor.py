@@ -75,21 +75,23 @@ def log_window(since=None, until=None, window_hours: float = 24.0) -> tuple[date
 # %% ../notebooks/13_monitor.ipynb #f1441970
 def load_current(current: str | Path | None, spec: Spec, settings: Settings, cfg: DriftSettings,
                  since=None, until=None) -> tuple[pd.DataFrame, dict]:
-    "The current data: a CSV/parquet, or the prediction log (a .db path, or 'log'/empty for PREDICTION_LOG) over a window."
-    from nbs_lib.predictions import read_prediction_log
+    """The current data: a CSV/parquet, or the prediction log (a .db path, or 'log'/empty for PREDICTION_LOG) over a
+    window, of which at most `cfg.sample_rows` rows drawn with `cfg.seed` are read: the API process that runs it
+    never holds a whole month of traffic. The info's `rows` is the window's size, `read_rows` what was read."""
+    from nbs_lib.predictions import sample_prediction_log
     source = str(current or "log")
     if source not in ("log", "predictions") and not source.endswith((".db", ".sqlite", ".sqlite3")):
         frame = read_frame(source, spec)
         return frame, {"source": source, "rows": len(frame)}
     path = Path(settings.prediction_log if source in ("log", "predictions") else source)
     start, end = log_window(since, until, cfg.window_hours)
-    frame = read_prediction_log(path, since=start, until=end)
+    frame, total = sample_prediction_log(path, cfg.sample_rows, since=start, until=end, seed=cfg.seed)
     if frame.empty:
         raise UserInputError(f"No predictions were logged between {start.isoformat()} and {end.isoformat()} in {path}. "
                              "Send traffic to the API (e.g. `make simulate` while `make serve` runs), or widen the "
                              "window (SINCE=/UNTIL=, DRIFT_WINDOW_HOURS).")
     versions = sorted(frame["model_version"].astype(str).unique())
-    return frame, {"source": f"prediction log {path}", "rows": len(frame), "since": start.isoformat(),
+    return frame, {"source": f"prediction log {path}", "rows": total, "read_rows": len(frame), "since": start.isoformat(),
                    "until": end.isoformat(), "model_versions": versions}
 
 # %% ../notebooks/13_monitor.ipynb #1b1dade1
@@ -104,6 +106,10 @@ def monitor_sources(settings: Settings, spec: Spec, cfg: DriftSettings | None = 
     model, model_info = monitored_model(settings, spec, version)
     result = run_monitor(current_df, reference_df, spec, cfg, model=model,
                          sources={"current": current_info, "reference": reference_info, "model": model_info})
+    if current_info.get("read_rows", current_info["rows"]) < current_info["rows"]:   # sampled as the log was read
+        result.summary["current"] |= {"rows": current_info["rows"], "sampled": True}
+        result.summary["notes"].append(f"the window holds {current_info['rows']} logged rows; {current_info['read_rows']} "
+                                       f"drawn at random (seed {cfg.seed}) were read, checked and monitored")
     if out_root is not None:
         publish(result, out_root, cfg.keep_runs)
     return result

@@ -12,9 +12,11 @@ import queue
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydantic_core
 
@@ -26,7 +28,7 @@ def _jsonable(v):
     return v.item() if hasattr(v, "item") else v
 
 # %% auto #0
-__all__ = ['log', 'SCHEMA', 'INSERT_JSON', 'PRUNE', 'connect', 'PredictionLog', 'read_prediction_log']
+__all__ = ['log', 'SCHEMA', 'INSERT_JSON', 'PRUNE', 'connect', 'PredictionLog', 'read_prediction_log', 'sample_prediction_log']
 
 # %% ../notebooks/10_predictions.ipynb #824941cd
 SCHEMA = """
@@ -209,23 +211,56 @@ def _as_ts(t) -> float | None:
     return pd.Timestamp(t).tz_localize("UTC").timestamp() if pd.Timestamp(t).tzinfo is None else pd.Timestamp(t).timestamp()
 
 
-def read_prediction_log(path: str | Path, since=None, until=None, limit: int | None = None) -> pd.DataFrame:
-    "Scored records in [since, until) (unix seconds, datetimes or ISO strings) as a DataFrame, oldest first."
-    path = Path(path)
-    if not path.exists():
-        return pd.DataFrame(columns=["timestamp", "model_version", "prediction"])
+def _where(since=None, until=None) -> tuple[str, list]:
+    "The WHERE clause ('' when unbounded) and its arguments for rows in [since, until)."
     clauses, args = [], []
     if since is not None:
         clauses.append("ts >= ?"); args.append(_as_ts(since))
     if until is not None:
         clauses.append("ts < ?"); args.append(_as_ts(until))
-    sql = "SELECT ts, model_version, prediction, record FROM predictions"
-    sql += (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
-    if limit:
-        sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY ts"
-    with sqlite3.connect(path, timeout=30) as conn:
-        rows = conn.execute(sql, args).fetchall()
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    "(ts, model_version, prediction, record) rows as the records' columns, then timestamp, model_version, prediction."
     records = pd.DataFrame([json.loads(r[3]) for r in rows])
     meta = pd.DataFrame({"timestamp": pd.to_datetime([r[0] for r in rows], unit="s", utc=True),
                          "model_version": [r[1] for r in rows], "prediction": [json.loads(r[2]) for r in rows]})
     return pd.concat([records, meta], axis=1)
+
+
+def read_prediction_log(path: str | Path, since=None, until=None, limit: int | None = None) -> pd.DataFrame:
+    "Scored records in [since, until) (unix seconds, datetimes or ISO strings) as a DataFrame, oldest first."
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=["timestamp", "model_version", "prediction"])
+    where, args = _where(since, until)
+    sql = f"SELECT ts, model_version, prediction, record FROM predictions{where} ORDER BY id"
+    if limit:
+        sql = f"SELECT * FROM ({sql.replace(' ORDER BY id', ' ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY ts"
+    with closing(sqlite3.connect(path, timeout=30)) as conn:
+        return _frame(conn.execute(sql, args).fetchall())
+
+# %% ../notebooks/10_predictions.ipynb #5a3e1c01
+def sample_prediction_log(path: str | Path, rows: int, since=None, until=None, seed: int = 42,
+                          chunk: int = 100_000) -> tuple[pd.DataFrame, int]:
+    """At most `rows` records of [since, until), drawn uniformly at random without replacement with `seed` (oldest
+    first), and how many the window holds. Only ids are scanned, `chunk` at a time, keeping the `rows` with the
+    smallest random keys: memory grows with `rows`, not with the window, and only the sample's records are parsed."""
+    path = Path(path)
+    if not path.exists():
+        return read_prediction_log(path), 0
+    where, args = _where(since, until)
+    rng, ids, keys, total = np.random.default_rng(seed), np.empty(0, np.int64), np.empty(0), 0
+    with closing(sqlite3.connect(path, timeout=30)) as conn:
+        scan = conn.execute(f"SELECT id FROM predictions{where}", args)   # the ts index's order: the same every time
+        while batch := scan.fetchmany(chunk):
+            total += len(batch)
+            ids = np.concatenate([ids, np.fromiter((r[0] for r in batch), np.int64, len(batch))])
+            keys = np.concatenate([keys, rng.random(len(batch))])
+            if len(ids) > rows:
+                keep = np.argpartition(keys, rows)[:rows]
+                ids, keys = ids[keep], keys[keep]
+        picked = conn.execute("SELECT ts, model_version, prediction, record FROM predictions WHERE id IN "
+                              "(SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(np.sort(ids).tolist()),))
+        return _frame(picked.fetchall()), total

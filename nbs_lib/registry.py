@@ -11,6 +11,7 @@ import json
 import logging
 import subprocess
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,10 +30,11 @@ from .tuning import all_scores, make_model_pipeline, score
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BASELINES', 'SCORERS', 'fit_final', 'evaluate', 'baseline_score', 'permutation_ranking', 'class_report',
-           'calibration_classes', 'residuals', 'beats', 'gate_decision', 'baseline_verdict', 'git_commit',
-           'lineage_tags', 'GateResult', 'skops_trusted_types', 'model_requirements', 'score_champion', 'judge',
-           'gate_tags', 'register_with_gate']
+__all__ = ['log', 'BASELINES', 'SCORERS', 'REGISTRY_LOCK_CLASS', 'REGISTRY_LOCK_TIMEOUT_S', 'POSTGRES_URLS', 'fit_final',
+           'evaluate', 'baseline_score', 'permutation_ranking', 'class_report', 'calibration_classes', 'residuals',
+           'beats', 'gate_decision', 'baseline_verdict', 'git_commit', 'lineage_tags', 'GateResult',
+           'skops_trusted_types', 'model_requirements', 'score_champion', 'judge', 'gate_tags', 'registry_lock_file',
+           'registry_lock_key', 'advisory_lock', 'registration_lock', 'register_with_gate']
 
 # %% ../notebooks/07_registry.ipynb #c46a982e
 def fit_final(cfg: dict, train: pd.DataFrame, spec: Spec, seed: int = 42) -> Pipeline:
@@ -209,6 +211,76 @@ def gate_tags(result: GateResult) -> dict[str, str]:
             "gate.reason": result.reason,
             "gate.baseline_score": "" if result.baseline_score is None else f"{result.baseline_score:.6f}"}
 
+# %% ../notebooks/07_registry.ipynb #a7e0c1a1
+REGISTRY_LOCK_CLASS = 7_305_212    # the first key of the Postgres advisory lock (docker/init_stores.py uses 7_305_211)
+REGISTRY_LOCK_TIMEOUT_S = 900.0    # far longer than one registration holds it (a champion scored, a few MLflow calls)
+POSTGRES_URLS = ("postgresql://", "postgresql+psycopg2://")
+
+
+def registry_lock_file(tracking_uri: str, models_dir: Path) -> Path:
+    "The lock file of an MLflow store: beside the SQLite database, inside a file store's folder, else in `models_dir`."
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return db.with_name(f"{db.name}.registry.lock")
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        return Path(tracking_uri.removeprefix("file://")) / ".registry.lock"
+    return Path(models_dir) / "registry.lock"
+
+
+def registry_lock_key(model_name: str) -> tuple[int, int]:
+    "The two int4 keys of the Postgres advisory lock serialising registrations of `model_name`."
+    import zlib
+    return REGISTRY_LOCK_CLASS, zlib.crc32(model_name.encode()) - 2**31
+
+
+@contextmanager
+def advisory_lock(db_url: str, key: tuple[int, int], timeout_s: float = REGISTRY_LOCK_TIMEOUT_S):
+    "Postgres' session advisory lock `key` on the database of `db_url`; released on exit, or by Postgres if we die."
+    import sqlalchemy as sa
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'"))
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:a, :b)"), {"a": key[0], "b": key[1]})
+            except sa.exc.OperationalError as e:
+                raise TimeoutError(f"another registration held the registry lock {key} for over {timeout_s:.0f} s") from e
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:a, :b)"), {"a": key[0], "b": key[1]})
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def registration_lock(tracking_uri: str, model_name: str, models_dir: Path, db_url: str = "",
+                      timeout_s: float = REGISTRY_LOCK_TIMEOUT_S):
+    """Hold while reading the champion, judging and moving the alias, so concurrent registrations take turns.
+
+    MLflow has no compare-and-set for aliases, so two unserialised registrations can both judge against the old
+    champion and the later writer wins, worse or not. Locks, not a re-check after the fact (which could not tell
+    which version each registration had compared with), and kept ones, released by the OS or Postgres if the holder
+    dies: a local store (SQLite, files) gets `filelock`'s OS lock beside the database; a tracking server gets
+    Postgres' advisory lock when `db_url` (OPTUNA_STORAGE, which every registering compose service shares) is a
+    Postgres URL, else the file lock in `models_dir`, which serialises only the registrations on this machine."""
+    remote = "://" in tracking_uri and not tracking_uri.startswith(("sqlite:", "file:"))
+    if remote and db_url.startswith(POSTGRES_URLS):
+        with advisory_lock(db_url, registry_lock_key(model_name), timeout_s):
+            yield
+        return
+    from filelock import FileLock, Timeout
+    path = registry_lock_file(tracking_uri, models_dir)
+    if remote:
+        log.warning("registration lock %s serialises registrations on this machine only: set OPTUNA_STORAGE to the "
+                    "Postgres server shared by every pipeline to serialise them all", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(path, timeout=timeout_s):
+            yield
+    except Timeout as e:
+        raise TimeoutError(f"another registration held {path} for over {timeout_s:.0f} s; is a pipeline stuck?") from e
+
 # %% ../notebooks/07_registry.ipynb #a7e0c104
 def _in_run(run_id: str):
     "A context inside run `run_id`: the active run if it is that one, else the run resumed."
@@ -220,7 +292,8 @@ def _in_run(run_id: str):
 def register_with_gate(model: Pipeline, holdout: pd.DataFrame, spec: Spec, settings: Settings,
                        tags: dict[str, str], run_id: str, baseline: float | None = None) -> GateResult:
     """Log and register `model` in run `run_id`, then move the alias only if it beats the dummy `baseline` (when
-    given) and is at least as good as the champion (`judge`)."""
+    given) and is at least as good as the champion (`judge`), under `registration_lock` so that concurrent
+    runs (scheduler, retrain on drift, `make pipeline`) take turns."""
     client = MlflowClient()
     X, _ = features_target(holdout, spec)
     with _in_run(run_id):
@@ -232,19 +305,20 @@ def register_with_gate(model: Pipeline, holdout: pd.DataFrame, spec: Spec, setti
     for k, v in tags.items():
         client.set_model_version_tag(spec.model_name, version, k, v)
     challenger = evaluate(model, holdout, spec)[spec.primary_metric]
-    current = champion_version(client, spec.model_name, settings.model_alias)
-    champion = None if current is None else (
-        str(current.version), *score_champion(spec.model_name, settings.model_alias, holdout, spec, current))
-    promoted, reason = judge(spec, challenger, champion, baseline, settings.model_alias)
-    champ_version, champ_score = (None, None) if champion is None else champion[:2]
-    result = GateResult(spec.model_name, version, run_id, spec.primary_metric, challenger,
-                        champ_version, champ_score, promoted, reason, baseline)
-    for k, v in gate_tags(result).items():
-        client.set_model_version_tag(spec.model_name, version, k, v)
-    client.set_tag(run_id, "registered_version", version)
-    for k, v in {**tags, **gate_tags(result)}.items():
-        client.set_tag(run_id, k, v)
-    if promoted:
-        client.set_registered_model_alias(spec.model_name, settings.model_alias, version)
+    with registration_lock(mlflow.get_tracking_uri(), spec.model_name, settings.models_dir, settings.optuna_storage):
+        current = champion_version(client, spec.model_name, settings.model_alias)   # read, judge, tag, move: one turn
+        champion = None if current is None else (
+            str(current.version), *score_champion(spec.model_name, settings.model_alias, holdout, spec, current))
+        promoted, reason = judge(spec, challenger, champion, baseline, settings.model_alias)
+        champ_version, champ_score = (None, None) if champion is None else champion[:2]
+        result = GateResult(spec.model_name, version, run_id, spec.primary_metric, challenger,
+                            champ_version, champ_score, promoted, reason, baseline)
+        for k, v in gate_tags(result).items():
+            client.set_model_version_tag(spec.model_name, version, k, v)
+        client.set_tag(run_id, "registered_version", version)
+        for k, v in {**tags, **gate_tags(result)}.items():
+            client.set_tag(run_id, k, v)
+        if promoted:
+            client.set_registered_model_alias(spec.model_name, settings.model_alias, version)
     log.info("model %s v%s %s: %s", spec.model_name, version, result.decision, reason)
     return result

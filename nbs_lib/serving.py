@@ -143,7 +143,7 @@ def batch_decoder(spec: Spec, limit: int) -> Callable[[bytes], list[dict]]:
     def decode(raw: bytes) -> list[dict]:
         try:
             records = [asdict(r) for r in decoder.decode(raw).records]
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):   # e.g. invalid UTF-8 in a string
             return checked.validate_json(raw)["records"]   # pydantic decides, and words the errors
         return [{renamed.get(k, k): v for k, v in r.items()} for r in records] if renamed else records
     return decode

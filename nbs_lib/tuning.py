@@ -24,7 +24,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, m
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from .config import Profile, Settings, Spec
+from .config import Profile, Settings, Spec, first_use_lock
 from .data import file_sha256
 from .processing import DerivedFeatures, make_preprocessor
 
@@ -219,8 +219,8 @@ def study_storage(settings: Settings) -> optuna.storages.RDBStorage:
     if settings.optuna_storage.startswith("sqlite:///"):
         Path(settings.optuna_storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     beat = settings.optuna_heartbeat_s or None
-    with warnings.catch_warnings():  # the heartbeat has been "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with warnings.catch_warnings(), first_use_lock(settings.optuna_storage):   # a new SQLite store: one creator
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats: "experimental" since 2.9
         return optuna.storages.RDBStorage(
             settings.optuna_storage, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=beat,
             grace_period=3 * beat if beat else None,

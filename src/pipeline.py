@@ -24,6 +24,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from jupyter_client.manager import AsyncKernelManager
 
 from nbs_lib.config import (
@@ -206,11 +207,10 @@ def finish_run(settings: Settings, run_id: str, out_dir: Path, work_dir: Path, s
         client.log_artifacts(run_id, str(out_dir), artifact_path="notebooks")
         notebooks_as_html(out_dir, work_dir / "html")
         client.log_artifacts(run_id, str(work_dir / "html"), artifact_path="notebooks/html")
-        target = settings.reports_dir / "notebooks"
-        target.mkdir(parents=True, exist_ok=True)
-        for nb in out_dir.glob("*.ipynb"):
-            shutil.copy2(nb, target / nb.name)
-        shutil.copy2(summary_path, target / "run_summary.json")
+        with FileLock(settings.reports_dir / ".notebooks.lock"):   # runs finishing together publish in turn, not a mix
+            (target := settings.reports_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+            for path in [*out_dir.glob("*.ipynb"), summary_path]:
+                shutil.copy2(path, target / path.name)
     client.set_terminated(run_id, status=status)
     return summary
 

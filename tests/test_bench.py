@@ -1,10 +1,16 @@
-"""The statistics `make bench-model` prints: the gain over the defaults and its corrected interval."""
+"""The statistics `make bench-model` prints (the gain over the defaults and its corrected interval), and `make
+bench-robustness` run small."""
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
+from conftest import PROJECT_DIR
 
 from src.bench.model import paired_gain
 
@@ -35,3 +41,19 @@ def test_identical_models_gain_nothing_and_one_fold_has_no_interval():
     assert paired_gain([0.9, 0.8], [0.9, 0.8], folds=5) == (0.0, 0.0, 0.0)
     gain, low, high = paired_gain([0.9], [0.8], folds=5)
     assert gain == pytest.approx(0.1) and math.isnan(low) and math.isnan(high)
+
+
+def test_the_api_over_http_gets_no_server_error_and_loses_no_request_under_fuzzing_hostile_bodies_and_reloads(trained_project):
+    # `make bench-robustness` at small sizes, against `python -m src.serving --workers 2` over the trained store
+    proc = subprocess.run([sys.executable, "-m", "src.bench.robustness", "--examples", "20", "--rounds", "1", "--mb", "1",
+                           "--invalid", "1000", "--requests", "200", "--reloads", "1"],
+                          cwd=PROJECT_DIR, env={**os.environ, **trained_project}, capture_output=True, text=True, timeout=600)
+    out = proc.stdout
+    for figure in ("schemathesis: answers by status class", "/health during the hostile set: n, p50, p99, max",
+                   "reload load: req/s", "reload load: answers by model version"):
+        assert f"| {figure} |" in out, out
+    for target in ("schemathesis: 0 server errors or dropped connections", "hostile: 0 server errors",
+                   "hostile: 0 connection resets / no answer", "reload load: 0 errors across 1 reloads"):
+        assert f"| {target} | 0 | yes |" in out, out + proc.stderr[-3000:]
+    assert re.search(r"\| reload load: every worker on the last version within 60 s \| \d+\.\d\d s \| yes \|", out), out
+    assert proc.returncode == 0, out + proc.stderr[-3000:]

@@ -6,6 +6,7 @@ the shared Optuna study, the images' base, user and pins, and the scheduler's cr
 
 from __future__ import annotations
 
+import configparser
 import importlib.util
 import json
 import os
@@ -23,9 +24,10 @@ import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = PROJECT_DIR / "docker-compose.yaml"
+MLFLOW_ENTRYPOINT = PROJECT_DIR / "docker" / "mlflow-entrypoint.sh"
 ENV_EXAMPLE = PROJECT_DIR / ".env.example"
 SERVICES = {"postgres", "mlflow", "jupyter", "pipeline", "tuner", "api", "scheduler"}
-SECRETS = {"POSTGRES_PASSWORD", "JUPYTER_TOKEN", "API_KEY"}
+SECRETS = {"POSTGRES_PASSWORD", "JUPYTER_TOKEN", "API_KEY", "MLFLOW_PASSWORD", "MLFLOW_SECRET_KEY"}
 # Keys of a service that docker-compose 1.29 understands and this stack uses; Compose v2 reads all of them.
 SERVICE_KEYS_1_29 = {"build", "image", "command", "entrypoint", "environment", "ports", "volumes", "depends_on",
                      "healthcheck", "restart", "user", "working_dir", "profiles", "networks", "expose",
@@ -110,16 +112,22 @@ def test_compose_file_uses_only_what_docker_compose_1_29_reads(raw):
         assert svc.get("restart") in {"no", "unless-stopped", "on-failure", "always"}, name
 
 
-def test_images_build_on_python_slim_and_postgres_16_only(services):
+def test_images_build_on_python_slim_and_postgres_16_only_and_can_be_pinned_by_digest(services, raw, env_example):
     assert services["postgres"]["image"] == "postgres:16"
+    assert raw["services"]["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16}"
     built = {n: s for n, s in services.items() if "build" in s}
     assert set(built) == SERVICES - {"postgres"}
     for name, svc in built.items():
-        assert instructions(dockerfile(svc), "FROM") == ["python:3.11-slim"], name
+        assert instructions(dockerfile(svc), "FROM") == ["${PYTHON_IMAGE}"], name
+        assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile(svc), name   # a plain `docker build` gets the same
+        assert svc["build"]["args"] == {"PYTHON_IMAGE": "python:3.11-slim"}, name
         assert "USER" in dockerfile(svc) and "USER root" not in dockerfile(svc), f"{name} must run as a non-root user"
     dev = {n for n, s in built.items() if s["build"]["dockerfile"] == "dev.Dockerfile"}
     assert dev == {"jupyter", "pipeline", "tuner", "scheduler"}
     assert len({s["image"] for n, s in built.items() if n in dev}) == 1  # one dev image, built once and shared
+    # .env.example names both, with how to pin them by digest
+    assert (env_example["PYTHON_IMAGE"], env_example["POSTGRES_IMAGE"]) == ("python:3.11-slim", "postgres:16")
+    assert "@sha256:" in (PROJECT_DIR / ".env.example").read_text()
 
 
 def test_long_running_services_have_health_checks(services):
@@ -146,7 +154,7 @@ def test_secrets_have_no_default_and_are_documented_in_env_example(raw, env_exam
     text = COMPOSE_FILE.read_text()
     required = {m["name"] for m in VAR.finditer(text) if m["op"] == ":?"}
     assert required == SECRETS
-    assert not re.search(r"\$\{(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY):?-", text)
+    assert not re.search(r"\$\{(POSTGRES_PASSWORD|JUPYTER_TOKEN|API_KEY|MLFLOW_PASSWORD|MLFLOW_SECRET_KEY):?-", text)
     assert SECRETS <= set(env_example)
     without_password = {k: v for k, v in env_example.items() if k != "POSTGRES_PASSWORD"}
     with pytest.raises(KeyError, match="POSTGRES_PASSWORD: set POSTGRES_PASSWORD in .env"):
@@ -165,13 +173,19 @@ def test_named_volumes_are_declared_and_hold_the_stores(raw, services):
     assert named == declared
     assert mounts["postgres"] == {"postgres-data": "/var/lib/postgresql/data"}
     assert mounts["mlflow"] == {"mlflow-artifacts": "/mlartifacts"}
-    (cmd,) = instructions(dockerfile(services["mlflow"]), "CMD")
-    assert "--serve-artifacts" in cmd and "--artifacts-destination /mlartifacts" in cmd
+    assert json.loads(instructions(dockerfile(services["mlflow"]), "CMD")[0]) == ["sh", "/usr/local/bin/mlflow-entrypoint.sh"]
+    assert "--serve-artifacts \\\n  --artifacts-destination /mlartifacts" in MLFLOW_ENTRYPOINT.read_text()
     assert mounts["jupyter"] == {".": "/app"}  # the repo, mounted
     # the api appends to the prediction log and serves monitoring reports the scheduler's drift check writes
     for name in ("api", "scheduler", "pipeline"):
         assert mounts[name] == {"data": "/app/data", "reports": "/app/reports"}, name
         assert environment(services[name])["PREDICTION_LOG"].startswith("/app/data/")
+
+
+def test_the_api_takes_the_prediction_log_retention_from_env(raw, services):
+    # the api prunes the log it appends to; unset in .env, Settings' default applies (an empty value is ignored)
+    assert raw["services"]["api"]["environment"]["PREDICTION_LOG_RETENTION_DAYS"] == "${PREDICTION_LOG_RETENTION_DAYS:-}"
+    assert "PREDICTION_LOG_RETENTION_DAYS" in environment(services["api"])
 
 
 def test_tuners_and_pipeline_share_one_study_on_postgres(services, env_example):
@@ -205,11 +219,14 @@ def test_python_services_talk_to_the_mlflow_server_and_the_api_gets_no_database(
 
 
 def test_environment_names_are_settings_the_code_reads(services):
-    from nbs_lib.config import Settings
-    from nbs_lib.drift import DriftSettings
-    from src.serving.settings import ServingSettings
+    from nbs_lib.config import (  # the one Settings and its two sections
+        DriftSettings,
+        ServingSettings,
+        Settings,
+    )
 
     fields = {f.upper() for f in Settings.model_fields} | {f"DRIFT_{f.upper()}" for f in DriftSettings.model_fields}
+    fields |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}   # read by MLflow's client in every service
     read_by = {"api": {f.upper() for f in ServingSettings.model_fields} | {"WEB_CONCURRENCY"},  # uvicorn's workers
                "scheduler": {"PIPELINE_SCHEDULE", "DRIFT_SCHEDULE", "DRIFT_COMMAND", "SCHEDULER_STOP_GRACE_S"},
                "jupyter": {"JUPYTER_TOKEN", "HOME", "JUPYTER_CONFIG_PATH", "JUPYTER_ALLOWED_HOSTS"}}
@@ -227,9 +244,10 @@ def test_serving_image_installs_requirements_txt_only():
     assert "pip install --no-deps ." in runs
     assert "libgomp1" in runs  # LightGBM champions cannot load without OpenMP, which the slim image lacks
     assert instructions(text, "USER") == ["app"]
-    assert "$WEB_CONCURRENCY" in instructions(text, "CMD")[0] and "src.serving.app:app" in instructions(text, "CMD")[0]
-    # a bad setting (a placeholder API_KEY) stops the container with one line before uvicorn starts any worker
-    assert json.loads(instructions(text, "CMD")[0])[2].startswith("python -m src.serving.settings && exec uvicorn ")
+    # the launcher checks the settings (one line, before uvicorn starts any worker), then runs WEB_CONCURRENCY workers
+    # sharing one folder for their metrics and reload signal
+    assert json.loads(instructions(text, "CMD")[0]) == ["python", "-m", "src.serving", "--host", "0.0.0.0"]
+    assert "WEB_CONCURRENCY=1" in " ".join(instructions(text, "ENV"))
 
 
 def test_dev_image_serves_jupyterlab_with_requirements_dev():
@@ -244,7 +262,7 @@ def test_mlflow_image_pins_equal_requirements_txt():
     pins = dict(line.split("==") for line in (PROJECT_DIR / "requirements.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     runs = " ".join(instructions((PROJECT_DIR / "docker" / "mlflow.Dockerfile").read_text(), "RUN"))
-    assert f"pip install mlflow=={pins['mlflow']} psycopg2-binary=={pins['psycopg2-binary']} -c" in runs
+    assert f"pip install mlflow=={pins['mlflow']} psycopg2-binary=={pins['psycopg2-binary']} Flask-WTF==" in runs
     assert "-r " not in runs.replace('grep -v "^-r"', "")  # nothing else of requirements*.txt gets installed
 
 
@@ -434,14 +452,30 @@ def test_postgres_refuses_the_placeholder_password_at_start(services, tmp_path):
         (0, "started docker-entrypoint.sh postgres", "")
 
 
-def test_mlflow_refuses_the_placeholder_password_at_start(services, tmp_path):
+def test_mlflow_refuses_placeholder_secrets_at_start_and_asks_every_caller_for_a_user(services, tmp_path):
     svc = services["mlflow"]
-    (cmd,) = instructions(dockerfile(svc), "CMD")
-    env = {**fake_bin(tmp_path, "mlflow"), **environment(svc)}
-    assert run_argv(json.loads(cmd), env) == (2, "", placeholder_refusal("POSTGRES_PASSWORD"))
+    argv = ["sh", str(MLFLOW_ENTRYPOINT)]
+    env = {**fake_bin(tmp_path, "mlflow"), **environment(svc), "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini")}
+    assert run_argv(argv, env) == (2, "", placeholder_refusal("POSTGRES_PASSWORD"))
     env["MLFLOW_BACKEND_STORE_URI"] = env["MLFLOW_BACKEND_STORE_URI"].replace("change-me-postgres", REAL_PASSWORD)
-    code, out, err = run_argv(json.loads(cmd), env)
-    assert (code, err) == (0, "") and out.startswith("started mlflow server --backend-store-uri postgresql+psycopg2://")
+    assert run_argv(argv, env) == (2, "", placeholder_refusal("MLFLOW_PASSWORD"))
+    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = "a-real-admin-password"
+    assert run_argv(argv, env) == (2, "", placeholder_refusal("MLFLOW_SECRET_KEY"))
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "a-real-csrf-key"
+    code, out, err = run_argv(argv, env)
+    assert (code, err) == (0, "") and out.startswith("started mlflow server --app-name basic-auth --backend-store-uri "
+                                                     "postgresql+psycopg2://")
+    # the users live in the backend store's database (their own tables); the file holds its password: owner only
+    auth = configparser.ConfigParser()
+    auth.read(tmp_path / "auth.ini")
+    assert dict(auth["mlflow"]) == {"default_permission": "READ", "database_uri": env["MLFLOW_BACKEND_STORE_URI"]}
+    assert (tmp_path / "auth.ini").stat().st_mode & 0o077 == 0
+    assert "Flask-WTF==" in " ".join(instructions(dockerfile(svc), "RUN"))   # the auth app's CSRF check
+    # every other service logs in as the .env user; the admin is created with the same password
+    for name in SERVICES - {"postgres", "mlflow"}:
+        env_of = environment(services[name])
+        assert (env_of["MLFLOW_TRACKING_USERNAME"], env_of["MLFLOW_TRACKING_PASSWORD"]) == \
+            (environment(svc)["MLFLOW_AUTH_ADMIN_USERNAME"], environment(svc)["MLFLOW_AUTH_ADMIN_PASSWORD"]), name
 
 
 @pytest.mark.parametrize(("service", "variable"), [("tuner", "POSTGRES_PASSWORD"), ("pipeline", "POSTGRES_PASSWORD"),
@@ -458,7 +492,11 @@ def test_dev_image_services_refuse_placeholder_secrets_at_start(services, tmp_pa
         assert run_argv(argv, {**env, "JUPYTER_TOKEN": "a-real-token-0123"}) == \
             (2, "", placeholder_refusal("POSTGRES_PASSWORD"))
     # real secrets pass the check (no Postgres here: a SQLite study skips the store set-up)
-    real = {**env, "JUPYTER_TOKEN": "a-real-token-0123", "OPTUNA_STORAGE": f"sqlite:///{tmp_path}/optuna.db"}
+    if variable == "POSTGRES_PASSWORD":  # then the MLflow user's
+        with_db = {**env, "OPTUNA_STORAGE": env["OPTUNA_STORAGE"].replace("change-me-postgres", REAL_PASSWORD)}
+        assert run_argv(argv, with_db) == (2, "", placeholder_refusal("MLFLOW_PASSWORD"))
+    real = {**env, "JUPYTER_TOKEN": "a-real-token-0123", "OPTUNA_STORAGE": f"sqlite:///{tmp_path}/optuna.db",
+            "MLFLOW_TRACKING_PASSWORD": "a-real-admin-password"}
     assert run_argv(argv, real) == (0, "started", "")
 
 
@@ -472,9 +510,11 @@ def test_make_up_refuses_placeholder_or_short_secrets(tmp_path, env_example):
 
     code, out, err = up()
     assert (code, out, err.splitlines()[0]) == (2, "", "error: .env still has the .env.example placeholder "
-                                                       "(change-me...) for POSTGRES_PASSWORD JUPYTER_TOKEN API_KEY: set "
-                                                       f"each to a random URL-safe string, e.g. {MAKE_SECRET}")
-    real = {"POSTGRES_PASSWORD": REAL_PASSWORD, "JUPYTER_TOKEN": "a-real-token-0123"}
+                                                       "(change-me...) for POSTGRES_PASSWORD JUPYTER_TOKEN API_KEY "
+                                                       "MLFLOW_PASSWORD MLFLOW_SECRET_KEY: set each to a random URL-safe "
+                                                       f"string, e.g. {MAKE_SECRET}")
+    real = {"POSTGRES_PASSWORD": REAL_PASSWORD, "JUPYTER_TOKEN": "a-real-token-0123",
+            "MLFLOW_PASSWORD": "a-real-admin-password", "MLFLOW_SECRET_KEY": "a-real-csrf-key"}
     assert up(**real)[0] == 2 and "for API_KEY:" in up(**real)[2]
     code, out, err = up(**real, API_KEY='"fifteen-chars-k"')
     assert (code, err.splitlines()[0]) == (2, "error: API_KEY in .env has 15 characters, fewer than 16: set it to a "

@@ -220,6 +220,17 @@ def test_non_finite_numbers_are_422_naming_the_field_not_a_crash(client, path, l
         "type": "finite_number", "loc": loc, "msg": f"Age must be a number from 10 to 100; got {got}", "input": shown}]})
 
 
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+@pytest.mark.parametrize("text", [b'"\xff\xfe\xc3("', b'"\\ud800"'], ids=["invalid UTF-8", "lone surrogate"])
+def test_text_that_is_not_unicode_is_a_4xx_not_a_crash(client, path, text):
+    """Both found by `make bench-robustness`: invalid UTF-8 in a batch crashed msgspec's decoder, and a lone surrogate
+    (valid JSON, but no text) made the 422 that echoes it impossible to encode."""
+    body = {"records": [record(Gender="GENDER")]} if path == "/predict/batch" else record(Gender="GENDER")
+    r = client.post(path, content=json.dumps(body).encode().replace(b'"GENDER"', text),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 422) and r.json()["detail"], r.text
+
+
 def test_a_missing_field_echoes_non_finite_numbers_of_the_record_as_text(client):
     rec = record()
     del rec["FAF"]
@@ -322,7 +333,7 @@ def test_reload_is_disabled_when_no_key_is_configured(trained_project, monkeypat
 
 
 HOW_TO_SET_THE_KEY = ("set API_KEY to a random string (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), "
-                      "or unset it to disable the keyed endpoints. Fix the environment variable.")
+                      "or unset it to disable the keyed endpoints. Fix the environment variable or make argument.")
 
 
 @pytest.mark.parametrize(("key", "reason"), [
@@ -337,23 +348,23 @@ def test_placeholder_or_short_api_key_is_refused_at_start_with_one_line(monkeypa
     monkeypatch.setenv("API_KEY", key)
     with pytest.raises(UserInputError) as refused:
         create_app()
-    assert str(refused.value) == f"Invalid serving setting: {reason}: {HOW_TO_SET_THE_KEY}"
+    assert str(refused.value) == f"Invalid setting: {reason}: {HOW_TO_SET_THE_KEY}"
     assert key not in str(refused.value)   # the secret itself is never printed
-    # what the container runs before uvicorn (Dockerfile CMD), and uvicorn itself: exit 2, one line, no traceback
+    # the check alone, what the container runs (Dockerfile CMD), and uvicorn itself: exit 2, one line, no traceback
     env = {**os.environ, "API_KEY": key}
-    for cmd in ([sys.executable, "-m", "src.serving.settings"],
+    for cmd in ([sys.executable, "-m", "src.serving.settings"], [sys.executable, "-m", "src.serving", "--port", "0"],
                 [sys.executable, "-m", "uvicorn", "src.serving.app:app", "--port", "0"]):
         done = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120)
         assert (done.returncode, done.stderr.splitlines()[-1:]) == \
-            (2, [f"error: Invalid serving setting: {reason}: {HOW_TO_SET_THE_KEY}"]), done.stderr
+            (2, [f"error: Invalid setting: {reason}: {HOW_TO_SET_THE_KEY}"]), done.stderr
         assert "Traceback" not in done.stderr
 
 
 def test_a_key_of_16_characters_enables_the_keyed_endpoints(monkeypatch):
-    from src.serving.settings import read_settings
+    from src.serving.settings import serving_context
 
     monkeypatch.setenv("API_KEY", "k" * 16)
-    assert read_settings().reload_key == "k" * 16
+    assert serving_context()[0].serving.reload_key == "k" * 16
 
 
 # ------------------------------------------------------------------------------------ metrics and the log -----
@@ -395,25 +406,29 @@ def test_prediction_log_gets_each_scored_record_with_its_prediction_and_version(
 # -------------------------------------------------------------------------------------- settings and specs ----
 
 def test_settings_defaults_follow_the_spec_and_the_project(monkeypatch, tmp_path):
-    from src.serving.settings import ServingSettings, resolve
+    from src.serving.settings import serving_context
 
-    for k in ("API_KEY", "BATCH_LIMIT", "MODEL_NAME", "MODEL_POLL_SECONDS", "SPEC", "PREDICTION_LOG"):
+    for k in ("API_KEY", "BATCH_LIMIT", "MODEL_NAME", "MODEL_ALIAS", "MODEL_POLL_SECONDS", "SPEC", "PREDICTION_LOG"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    s, project, spec = resolve(ServingSettings())
-    assert (s.model_name, s.model_alias, s.batch_limit, s.model_poll_seconds, s.api_key, s.reload_key) == \
+    project, spec = serving_context()
+    s = project.serving
+    assert (spec.model_name, project.model_alias, s.batch_limit, s.model_poll_seconds, s.api_key, s.reload_key) == \
         ("obesity", "champion", 10_000, 0.0, None, None)
-    assert s.prediction_log == project.prediction_log == tmp_path / "predictions" / "predictions.db"
+    assert project.prediction_log == tmp_path / "predictions" / "predictions.db"
     monkeypatch.setenv("SPEC", "insurance")
-    assert resolve(ServingSettings())[0].model_name == "insurance"
+    assert serving_context()[1].model_name == "insurance"
+    monkeypatch.setenv("MODEL_NAME", "insurance-v2")   # MODEL_NAME names the registered model; the spec stays the schema
+    assert serving_context()[1].model_name == "insurance-v2"
 
 
-def test_bad_setting_is_a_clear_error():
+def test_bad_setting_is_a_clear_error(monkeypatch):
     from nbs_lib.config import UserInputError
-    from src.serving.settings import read_settings
+    from src.serving.settings import serving_context
 
-    with pytest.raises(UserInputError, match="BATCH_LIMIT=0"):
-        read_settings(batch_limit=0)
+    monkeypatch.setenv("BATCH_LIMIT", "0")
+    with pytest.raises(UserInputError, match="BATCH_LIMIT='0': Input should be greater than or equal to 1"):
+        serving_context()
 
 
 def test_importing_the_app_module_builds_nothing_until_uvicorn_asks_for_app(trained_project, monkeypatch):

@@ -4,16 +4,23 @@ a champion up on reload or by polling, and swaps versions under load without los
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import mlflow
 import pytest
 from conftest import PROJECT_DIR
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from nbs_lib.config import load_spec
 from nbs_lib.serving import example_record
@@ -139,3 +146,66 @@ def test_reload_under_concurrent_requests_swaps_versions_and_loses_none(store, m
     assert {status for status, _ in results} == {200}
     assert {v for _, v in results} == {str(old.version), str(new.version)}
     assert {v for _, v in results[sent_before_swap_done + 4:]} == {str(new.version)}   # after the swap: only the new one
+
+
+# --------------------------------------------------------------------------------- several worker processes ---
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def counter_total(text: str, name: str, **labels: str) -> float:
+    """A counter summed over the samples with these labels (every worker's, in multiprocess mode)."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == f"{name}_total" and labels.items() <= sample.labels.items())
+
+
+@pytest.fixture
+def three_workers(store, tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`python -m src.serving --workers 3` (what the image runs) over the store; yields its URL and the store."""
+    port = free_port()
+    env = {**os.environ, **QUIET_MLFLOW, **store, "API_KEY": KEY, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "shared")}
+    proc = subprocess.Popen([sys.executable, "-m", "src.serving", "--port", str(port), "--workers", "3"], cwd=PROJECT_DIR,
+                            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "api.log").open("w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, ready_in_a_row = time.monotonic() + 180, 0
+        while ready_in_a_row < 30:   # each request lands on some worker: 30 in a row means all three have loaded
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):   # not listening yet
+                ready_in_a_row = ready_in_a_row + 1 if httpx.get(f"{url}/ready", timeout=5).status_code == 200 else 0
+            time.sleep(0.05 if ready_in_a_row else 0.5)
+        yield url, store
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_a_reload_sent_to_one_worker_reaches_every_worker_and_metrics_count_them_all(three_workers):
+    url, store = three_workers
+    reg = registry(store)
+    old = reg.get_model_version_by_alias("obesity", "champion")
+    new = reg.create_model_version("obesity", source=reg.get_model_version_download_uri("obesity", old.version),
+                                   run_id=old.run_id)
+    health_before = counter_total(httpx.get(f"{url}/metrics").text, "http_requests", path="/health")
+    for _ in range(60):
+        assert httpx.get(f"{url}/health").status_code == 200
+    # every worker's requests are counted, whichever worker answers the scrape (else about a third of them)
+    assert counter_total(httpx.get(f"{url}/metrics").text, "http_requests", path="/health") - health_before == 60
+
+    reg.set_registered_model_alias("obesity", "champion", new.version)   # no polling: only the reload tells the API
+    r = httpx.post(f"{url}/model/reload", headers={"X-API-Key": KEY})
+    assert (r.status_code, r.json()["model_version"]) == (200, str(new.version))
+    sent, deadline, new_in_a_row = time.monotonic(), time.monotonic() + 60, 0
+    while new_in_a_row < 30 and time.monotonic() < deadline:
+        served = httpx.get(f"{url}/model").json()["version"]
+        new_in_a_row = new_in_a_row + 1 if served == str(new.version) else 0
+    print(f"every worker served v{new.version} {time.monotonic() - sent:.1f} s after the reload")
+    assert new_in_a_row == 30, "some worker still serves the old version a minute after the reload"
+    metrics = httpx.get(f"{url}/metrics").text
+    assert counter_total(metrics, "model_loads", outcome="loaded") == 6   # three workers, two versions each

@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="k-fold CV this many times, each with other folds (more repeats: a narrower interval)")
     args = parser.parse_args(argv)
 
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    from nbs_lib.champion import champion_version
+    from nbs_lib.champion import champion_version, load_champion
     from nbs_lib.config import UserInputError, configure_mlflow, get_settings, load_spec
     from nbs_lib.data import load_raw_frame, write_synthetic_csv
     from nbs_lib.processing import clean_frame, features_target
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "LightGBM defaults, plain Pipeline": plain_lightgbm_pipeline(spec),
         "LightGBM defaults, project pipeline": make_model_pipeline(default_config(spec), spec),
         f"champion v{champ.version} ({champ.tags.get('lineage.profile', '?')} search)":
-            mlflow.sklearn.load_model(f"models:/{spec.model_name}/{champ.version}"),  # the version described above
+            load_champion(settings.mlflow_tracking_uri, spec.model_name, settings.model_alias, spec, champ).model,
     }
     print(f"bench-model: {spec.name}, {len(X)} labelled rows of {settings.data or 'generated data'}, "
           f"{args.repeats} x stratified {args.folds}-fold CV, {spec.primary_metric}")

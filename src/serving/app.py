@@ -1,8 +1,8 @@
 """The FastAPI app: `create_app()` builds it; the lifespan loads `models:/<name>@<alias>` once.
 
 Run it with `make serve`, or `uvicorn src.serving.app:app --host 0.0.0.0 --port 8000 [--workers N]`; settings come
-from the environment (src/serving/settings.py). The module-level `app` is built on first access, so importing this
-module does nothing.
+from the environment (the project's one `Settings` and its `serving` section, read by src/serving/settings.py). The
+module-level `app` is built on first access, so importing this module does nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import nbs_lib
-from nbs_lib.config import UserInputError
+from nbs_lib.config import Settings, UserInputError
 from src.monitoring.api import monitoring_router
 
 from .deps import project_context, require_api_key
@@ -28,7 +28,7 @@ from .errors import error_response
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
 from .routes import OTHER_BODY_BYTES, PREDICT_BODY_BYTES, batch_body_bytes, prediction_router, system_router
-from .settings import ServingSettings, read_settings, resolve
+from .settings import serving_context
 from .state import ServingState
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,14 @@ def validation_handler(state: ServingState):
     return handle
 
 
-def create_app(settings: ServingSettings | None = None) -> FastAPI:
+def create_app(project: Settings | None = None) -> FastAPI:
     """The API for the spec and registered model the settings name (environment by default). No I/O here."""
-    settings, project, spec = resolve(settings or read_settings())
-    state = ServingState(settings=settings, project=project, spec=spec)
+    project, spec = serving_context(project)
+    state = ServingState(project=project, spec=spec)
+    settings = state.settings
     app = FastAPI(title=f"{spec.name} model API", version=nbs_lib.__version__, lifespan=lifespan,
-                  description=f"Serves `models:/{settings.model_name}@{settings.model_alias}` from "
-                              f"{settings.mlflow_tracking_uri}. {spec.description}")
+                  description=f"Serves `models:/{spec.model_name}@{project.model_alias}` from "
+                              f"{project.mlflow_tracking_uri}. {spec.description}")
     app.state.serving = state
     app.add_middleware(BodyLimit, limits={"/predict": PREDICT_BODY_BYTES, "/predict/batch": batch_body_bytes(settings.batch_limit)},
                        default=OTHER_BODY_BYTES)

@@ -59,8 +59,7 @@ async def require_api_key(request: Request, x_api_key: Annotated[str | None, Hea
 def project_context(request: Request) -> tuple[Settings, Spec]:
     """The project settings and spec of the serving app, with its MODEL_NAME and MODEL_ALIAS (the monitoring router's context)."""
     state = request.app.state.serving
-    spec = state.spec.model_copy(update={"model_name": state.settings.model_name})
-    return state.project.model_copy(update={"model_alias": state.settings.model_alias}), spec
+    return state.project, state.spec
 
 
 async def require_json(request: Request) -> None:

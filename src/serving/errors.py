@@ -2,7 +2,7 @@
 
 A 422 lists at most MAX_ERRORS errors (then one line saying how many more there were), echoes at most a short prefix
 of each bad value, and writes NaN and ±Infinity (which Python's JSON reader and pydantic's accept, but strict JSON
-cannot write back) as the text that sent them.
+cannot write back) as the text that sent them, and a lone surrogate (which UTF-8 cannot encode) as its escape.
 """
 
 from __future__ import annotations
@@ -28,6 +28,18 @@ def finite(value: Any) -> Any:
         return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
+    return value
+
+
+def utf8_safe(value: Any) -> Any:
+    """The value with every string made encodable as UTF-8: a lone surrogate (valid JSON, "\\ud800", but no text)
+    is written as its escape, since the response could not be encoded otherwise."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {utf8_safe(k): utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [utf8_safe(v) for v in value]
     return value
 
 
@@ -80,7 +92,7 @@ def error_response(errors: list[dict], spec: Spec | None, batch_limit: int, tota
             return 413, too_many_records(batch_limit, (err.get("ctx") or {}).get("actual_length"))
     total = len(errors) if total is None else total
     shown = [{**e, "loc": (*loc_prefix, *e.get("loc", ()))} for e in errors[:MAX_ERRORS]]
-    detail = [json_safe(explain_error(e, spec) if spec is not None else e) for e in shown]
+    detail = utf8_safe([json_safe(explain_error(e, spec) if spec is not None else e) for e in shown])
     if total > len(shown):
         detail.append({"type": "too_many_errors", "loc": ["body"],
                        "msg": f"{total - len(shown):,} more errors are not listed; fix these and send the body again"})

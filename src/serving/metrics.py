@@ -1,5 +1,5 @@
-"""Prometheus metrics of the API (requests, latency, predictions per class, the served model) and the ASGI
-middleware that records them.
+"""Prometheus metrics of the API (requests, latency, predictions per class, the served model, the prediction log's
+losses) and the ASGI middleware that records them.
 
 Each app has its own registry. With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR (an empty folder) so
 /metrics aggregates every worker (prometheus-client multiprocess mode).
@@ -43,6 +43,8 @@ class ServingMetrics:
         self.model_loads = Counter("model_loads", "Model (re)load attempts by outcome", ["outcome"], registry=r)
         self.log_dropped = Gauge("prediction_log_dropped", "Scored records the prediction log could not keep",
                                  registry=r, multiprocess_mode="sum")
+        self.log_restarts = Gauge("prediction_log_restarts", "Times the prediction log's writer thread died and was "
+                                  "restarted", registry=r, multiprocess_mode="sum")
 
     def count_predictions(self, version: str, values: list, classification: bool) -> None:
         """Add scored records to the per-class counter."""

@@ -44,6 +44,8 @@ class Ready(BaseModel):
     status: Literal["ready"]
     model_name: str
     model_version: str
+    problem: str | None = Field(None, description="why the alias's current version is not the one served "
+                                "(refused, or the registry did not answer); absent when all is well")
 
 
 class ModelInfo(BaseModel):
@@ -218,10 +220,11 @@ def system_router() -> APIRouter:
         """The process is alive (it may not serve a model yet: see /ready)."""
         return {"status": "ok"}
 
-    @router.get("/ready", response_model=Ready, responses=NO_MODEL)
-    async def ready(model: ModelDep) -> dict:
-        """A model is loaded and predictions can be made."""
-        return {"status": "ready", "model_name": model.name, "model_version": model.version}
+    @router.get("/ready", response_model=Ready, response_model_exclude_none=True, responses=NO_MODEL)
+    async def ready(model: ModelDep, state: StateDep) -> dict:
+        """A model is loaded and predictions can be made; `problem` says why a newer champion is not served."""
+        return {"status": "ready", "model_name": model.name, "model_version": model.version,
+                "problem": state.models.last_error or None}
 
     @router.get("/model", response_model=ModelInfo, responses=NO_MODEL)
     async def model_info(model: ModelDep) -> dict:
@@ -231,7 +234,8 @@ def system_router() -> APIRouter:
     @router.post("/model/reload", response_model=Reloaded, dependencies=[Depends(require_api_key)],
                  responses={**KEYED, **NO_MODEL})
     async def reload(state: StateDep) -> dict:
-        """Swap to the alias's current version atomically; requests in flight finish on the old one."""
+        """Swap to the alias's current version atomically; requests in flight finish on the old one. With several
+        workers, the others follow within about a second plus their own load (they watch a shared signal file)."""
         holder = state.models
         before = holder.current
         try:
@@ -240,8 +244,9 @@ def system_router() -> APIRouter:
             raise HTTPException(status_code=503, detail=holder.message) from e
         except Exception as e:
             serving = f"still serving version {before.version}" if before else "nothing is served"
-            raise HTTPException(status_code=503, detail=f"could not load models:/{state.settings.model_name}@"
-                                f"{state.settings.model_alias} ({type(e).__name__}: {e}); {serving}") from e
+            raise HTTPException(status_code=503, detail=f"could not load models:/{state.spec.model_name}@"
+                                f"{state.project.model_alias} ({type(e).__name__}: {e}); {serving}") from e
+        await run_in_threadpool(holder.announce, state.reload_signal)
         return {"status": "reloaded" if outcome == "loaded" else "unchanged", "model_name": model.name,
                 "model_version": model.version, "previous_version": before.version if before else None}
 
@@ -249,6 +254,7 @@ def system_router() -> APIRouter:
                 responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
     async def metrics(state: StateDep) -> Response:
         """Requests, latency histogram, predictions per class and the served model version (Prometheus)."""
+        state.sync_metrics()
         return Response(content=state.metrics.render(), media_type=CONTENT_TYPE)
 
     return router
