@@ -110,7 +110,10 @@ test-compose: ## build the images, run the whole stack end to end with a real en
 bench-tuners: ## time the shared Optuna study with 1 vs 3 tuner containers (real engine) [BENCH_TRIALS=30]
 	bash docker/bench-tuners.sh
 
+vendor: $(STAMP) ## re-fetch the /docs and /redoc assets (npm pack) into src/serving/static/vendor with a sha256 manifest [SWAGGER_UI=version REDOC=version]
+	$(PY) -m src.serving.docs $(if $(SWAGGER_UI),--swagger-ui $(SWAGGER_UI)) $(if $(REDOC),--redoc $(REDOC))
+
 clean: ## remove run products (models/, reports/, data/processed) but keep data/raw
 	rm -rf models/mlflow.db models/optuna.db models/artifacts reports/notebooks reports/validation reports/monitoring
 
-.PHONY: help install pipeline test validate spec example-data export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve bench-robustness
+.PHONY: help install pipeline test validate spec example-data export lint bench-pipeline bench-model bench-validate mlflow-ui jupyter clean up down test-compose bench-tuners monitor retrain-if-drift simulate bench-monitor serve bench-serve bench-robustness vendor

@@ -7,6 +7,7 @@ prepared the way the model sees them, and scored."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import REFERENCE_ARTIFACT, Spec, UserInputError
+from .config import REFERENCE_ARTIFACT, TYPICAL_ARTIFACT, Spec, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SAFE_PACKAGES', 'OWN_PACKAGE', 'SAFE_TYPES', 'UNSAFE_PARTS', 'PREDICTION', 'redact_uri', 'no_champion_message',
            'registry_unreachable_message', 'NoChampion', 'RegistryUnreachable', 'mlflow_client', 'store_missing',
            'champion_version', 'find_champion', 'Champion', 'check_columns', 'UnsafeModel', 'unsafe_model_message',
-           'safe_type', 'check_flavor', 'load_sklearn_model', 'load_champion', 'champion_reference', 'add_derived',
-           'prepare_frame', 'score_frame']
+           'safe_type', 'check_flavor', 'load_sklearn_model', 'load_champion', 'champion_example', 'champion_reference',
+           'add_derived', 'prepare_frame', 'score_frame', 'typical_record']
 
 # %% ../notebooks/06_champion.ipynb #fa231337
 def redact_uri(uri: str) -> str:
@@ -97,6 +98,7 @@ class Champion:
     model: Any
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)   # a typical input record (`typical_record`); {} if not logged
 
 
 def check_columns(pipeline, spec: Spec, where: str) -> None:
@@ -192,7 +194,25 @@ def load_champion(tracking_uri: str, name: str, alias: str, spec: Spec, version=
     check_columns(model, spec, where)
     metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
     tags = {k: v for k, v in sorted(mv.tags.items()) if k.startswith(("lineage.", "gate."))}
-    return Champion(name, str(mv.version), alias, mv.run_id or "", model, dict(sorted(metrics.items())), tags)
+    return Champion(name, str(mv.version), alias, mv.run_id or "", model, dict(sorted(metrics.items())), tags,
+                    champion_example(tracking_uri, mv.run_id))
+
+
+def champion_example(tracking_uri: str, run_id: str | None) -> dict[str, Any]:
+    "The typical record logged with the version (`TYPICAL_ARTIFACT`), or {} for a version registered without one."
+    import json
+
+    import mlflow
+    if not run_id:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="example-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TYPICAL_ARTIFACT, dst_path=tmp,
+                                                       tracking_uri=tracking_uri)
+            example = json.loads(Path(path).read_text())
+        except Exception:  # noqa: BLE001 - an older version, or an unreadable file: the caller falls back
+            return {}
+    return example if isinstance(example, dict) else {}
 
 
 def champion_reference(tracking_uri: str, name: str, alias: str, version=None) -> tuple[pd.DataFrame, dict]:
@@ -247,3 +267,24 @@ def score_frame(model, frame: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     "`frame` with a `prediction` column from `model` (labels as text for a classification)."
     pred = np.asarray(model.predict(frame[spec.feature_names]))
     return frame.assign(**{PREDICTION: pred.astype(str) if spec.task == "classification" else pred.astype("float64")})
+
+# %% ../notebooks/06_champion.ipynb #7c1d0002
+def typical_record(frame: pd.DataFrame, spec: Spec) -> dict[str, Any]:
+    """Each numeric feature's median (3 significant digits, never fewer than its whole units; within its range) and each categorical feature's most
+    frequent known level; a feature empty in every row is null when nullable, else its range's middle or first level."""
+    out: dict[str, Any] = {}
+    for col, f in spec.features.items():
+        values = frame[col] if col in frame else pd.Series(dtype=object)
+        if f.kind == "categorical":
+            seen = [v for v in values.dropna().astype(str).str.strip().value_counts().index if v in f.levels]
+            out[col] = seen[0] if seen else None if f.max_null_share > 0 else f.levels[0]
+            continue
+        median = pd.to_numeric(values, errors="coerce").median()
+        if pd.isna(median):
+            lo, hi = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1.0
+            out[col] = None if f.max_null_share > 0 else (lo + hi) / 2
+            continue
+        digits = 2 - math.floor(math.log10(abs(median))) if median else 0   # 3 significant digits, whole units kept
+        value = float(round(median, max(digits, 0)))
+        out[col] = min(max(value, f.min if f.min is not None else value), f.max if f.max is not None else value)
+    return out

@@ -22,11 +22,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
 __all__ = ['PROFILES', 'PLACEHOLDER_PREFIX', 'MIN_API_KEY_LENGTH', 'MAKE_KEY', 'METRIC_DIRECTIONS', 'CLASSIFICATION_METRICS',
-           'REGRESSION_METRICS', 'RESERVED_COLUMNS', 'REFERENCE_ARTIFACT', 'SQLITE_HEADER', 'UserInputError',
-           'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings', 'setting_problem',
-           'get_settings', 'ServingSettings', 'DriftSettings', 'as_levels', 'FeatureSpec', 'Spec', 'resolve_spec_path',
-           'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'Products', 'first_use_lock',
-           'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store', 'check_optuna_storage']
+           'REGRESSION_METRICS', 'RESERVED_COLUMNS', 'REFERENCE_ARTIFACT', 'TYPICAL_ARTIFACT', 'SQLITE_HEADER',
+           'UserInputError', 'find_project_dir', 'Profile', 'absolute_sqlite_url', 'Settings', 'read_settings',
+           'setting_problem', 'get_settings', 'ServingSettings', 'DriftSettings', 'as_levels', 'FeatureSpec', 'Spec',
+           'resolve_spec_path', 'available_specs', 'load_spec', 'spec_sha256', 'notebook_context', 'Products',
+           'first_use_lock', 'configure_mlflow', 'check_sqlite_store', 'check_mlflow_store', 'check_optuna_storage']
 
 # %% ../notebooks/00_config.ipynb #3b707c53
 class UserInputError(Exception):
@@ -374,6 +374,7 @@ def notebook_context(spec: str = "", data: str = "", profile: str = "", work_dir
 
 # %% ../notebooks/00_config.ipynb #a7e1c0d2
 REFERENCE_ARTIFACT = "reference/train.parquet"   # in each registered version's MLflow run: the drift monitor's reference
+TYPICAL_ARTIFACT = "reference/typical_record.json"   # beside it: a typical record (medians, modes), the API's example
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ class ServedModel:
     predictor: Any
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)   # a typical record: the docs' example, the web form's start
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -208,5 +209,6 @@ class ServedModel:
 def load_served(tracking_uri: str, name: str, alias: str, spec: Spec, version=None) -> ServedModel:
     "The champion (`06_champion`), or the ModelVersion `version` already resolved, compiled for the API; NoChampion without one."
     champ = load_champion(tracking_uri, name, alias, spec, version)
+    example = champ.example if set(champ.example) == set(spec.feature_names) else {}   # {}: not logged, or another schema
     return ServedModel(champ.name, champ.version, champ.alias, champ.run_id, make_predictor(champ.model, spec),
-                       champ.metrics, champ.tags)
+                       champ.metrics, champ.tags, example)

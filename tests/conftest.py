@@ -7,6 +7,8 @@ so tests never touch the developer's models/ or reports/.
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +94,35 @@ def mlflow_experiment_env_restored():
     reset_experiment_env()
     yield
     reset_experiment_env()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+            return float(m.group(2))
+    return 0.0
+
+
+class FailingConnection:
+    """A connection whose first INSERT raises `error`; everything else goes to the real connection."""
+
+    def __init__(self, conn: sqlite3.Connection, error: BaseException):
+        self.conn, self.error = conn, error
+
+    def execute(self, sql, *args):
+        if sql.startswith("INSERT") and self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def __enter__(self):
+        return self.conn.__enter__()
+
+    def __exit__(self, *exc):
+        return self.conn.__exit__(*exc)

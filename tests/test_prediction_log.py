@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FailingConnection
 
 from nbs_lib.config import get_settings
 from nbs_lib.predictions import PredictionLog, read_prediction_log
@@ -18,28 +19,6 @@ DAY = 86_400.0
 def rows(path: Path) -> list[tuple]:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT model_name, prediction, record FROM predictions ORDER BY id").fetchall()
-
-
-class FailingConnection:
-    """A connection whose first INSERT raises `error`; everything else goes to the real connection."""
-
-    def __init__(self, conn: sqlite3.Connection, error: BaseException):
-        self.conn, self.error = conn, error
-
-    def execute(self, sql, *args):
-        if sql.startswith("INSERT") and self.error is not None:
-            error, self.error = self.error, None
-            raise error
-        return self.conn.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self.conn, name)
-
-    def __enter__(self):
-        return self.conn.__enter__()
-
-    def __exit__(self, *exc):
-        return self.conn.__exit__(*exc)
 
 
 @pytest.fixture

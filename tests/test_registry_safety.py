@@ -5,7 +5,6 @@ API keeps serving the version it has and says why on /ready. Also: the predictio
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import mlflow
 import pytest
 import skops.io as sio
 import yaml
-from conftest import PROJECT_DIR, isolated_env
+from conftest import PROJECT_DIR, FailingConnection, isolated_env, metric
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -106,16 +105,6 @@ def serving(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Iterator[Te
         monkeypatch.setenv(k, v)
     with TestClient(create_app()) as client:
         yield client
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
-            return float(m.group(2))
-    return 0.0
 
 
 # ------------------------------------------------------------------------------------------ load_champion ---
@@ -212,35 +201,13 @@ def test_an_api_whose_only_champion_is_refused_answers_503_saying_why(store, fit
 
 # --------------------------------------------------------------------------------------- prediction log ---
 
-class DyingConnection:
-    """A connection whose first INSERT ends the writer thread (a BaseException no handler catches)."""
-
-    def __init__(self, conn) -> None:
-        self.conn, self.armed = conn, True
-
-    def execute(self, sql, *args):
-        if sql.startswith("INSERT") and self.armed:
-            self.armed = False
-            raise SystemExit
-        return self.conn.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self.conn, name)
-
-    def __enter__(self):
-        return self.conn.__enter__()
-
-    def __exit__(self, *exc):
-        return self.conn.__exit__(*exc)
-
-
 def test_metrics_show_the_prediction_logs_writer_restarts_and_dropped_rows(store, fitted, monkeypatch):
     store.register(fitted)
     with serving(monkeypatch, store.env) as client:
         text = client.get("/metrics").text
         assert (metric(text, "prediction_log_restarts"), metric(text, "prediction_log_dropped")) == (0, 0)
         plog = client.app.state.serving.prediction_log
-        plog._conn = DyingConnection(plog._conn)
+        plog._conn = FailingConnection(plog._conn, SystemExit())   # ends the writer thread
         assert client.post("/predict", json=example_record(SPEC)).status_code == 200   # its row dies with the writer
         assert plog.flush(timeout=10)
         deadline = time.monotonic() + 10

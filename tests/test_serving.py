@@ -13,7 +13,7 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT_DIR
+from conftest import PROJECT_DIR, metric
 from fastapi.testclient import TestClient
 
 from nbs_lib.config import load_spec
@@ -62,16 +62,6 @@ def record(**changes) -> dict:
     return {**example_record(SPEC), **changes}
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
-            return float(m.group(2))
-    return 0.0
-
-
 # ----------------------------------------------------------------------------------------------- endpoints ---
 
 def test_health_answers_ok(client):
@@ -115,11 +105,11 @@ def test_predict_accepts_json_integers_for_numbers(client):
 
 
 @pytest.mark.parametrize("changes, error", [
-    ({"Age": 150}, {"type": "less_than_equal", "loc": ["body", "Age"], "msg": "Age must be a number from 10 to 100; got 150",
+    ({"Age": 150}, {"type": "less_than_equal", "loc": ["body", "Age"], "msg": "Age must be a number from 10 to 100 (in years); got 150",
                     "input": 150, "ctx": {"le": 100.0}}),
     ({"Height": 0.5}, {"type": "greater_than_equal", "loc": ["body", "Height"],
-                       "msg": "Height must be a number from 1.2 to 2.2; got 0.5", "input": 0.5, "ctx": {"ge": 1.2}}),
-    ({"Age": "30"}, {"type": "float_type", "loc": ["body", "Age"], "msg": "Age must be a number from 10 to 100; got '30'",
+                       "msg": "Height must be a number from 1.2 to 2.2 (in m); got 0.5", "input": 0.5, "ctx": {"ge": 1.2}}),
+    ({"Age": "30"}, {"type": "float_type", "loc": ["body", "Age"], "msg": "Age must be a number from 10 to 100 (in years); got '30'",
                      "input": "30"}),
     ({"MTRANS": "Rocket"}, {"type": "literal_error", "loc": ["body", "MTRANS"],
                             "msg": "MTRANS must be one of 'Automobile', 'Motorbike', 'Bike', 'Public_Transportation', "
@@ -217,7 +207,7 @@ def test_non_finite_numbers_are_422_naming_the_field_not_a_crash(client, path, l
     loc = ["body", "records", 0, "Age"] if path == "/predict/batch" else ["body", "Age"]
     r = client.post(path, content=json.dumps(body).replace("12345", literal), headers={"Content-Type": "application/json"})
     assert (r.status_code, r.json()) == (422, {"detail": [{
-        "type": "finite_number", "loc": loc, "msg": f"Age must be a number from 10 to 100; got {got}", "input": shown}]})
+        "type": "finite_number", "loc": loc, "msg": f"Age must be a number from 10 to 100 (in years); got {got}", "input": shown}]})
 
 
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
@@ -472,6 +462,15 @@ def test_regression_answers_carry_numbers_and_no_probabilities():
         "predictions": [{"prediction": 1.25}, {"prediction": 2.0}], "model_name": "insurance", "model_version": "3"}
 
 
+def test_the_docs_example_is_the_champions_typical_record_not_the_middle_of_every_range(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    (record,) = [s for name, s in schema.items() if name.endswith("Record")]
+    served = client.app.state.serving.models.current.example   # logged with the version by the registry notebook
+    assert record["examples"] == [served] and set(served) == set(SPEC.feature_names)
+    assert served != example_record(SPEC) and 10 < served["Age"] < 55 and served["Gender"] in ("Female", "Male")
+    assert client.post("/predict", json=served).status_code == 200
+
+
 def test_openapi_documents_every_endpoint_and_error(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert sorted(p for p in paths if not p.startswith("/monitoring")) == [
@@ -620,3 +619,39 @@ def test_odd_api_answers_what_mlflow_pyfunc_answers_on_records_with_nulls(odd_se
     assert r.status_code == 200, r.text
     assert [p["prediction"] for p in r.json()["predictions"]] == labels
     assert [client.post("/predict", json=rec).json()["prediction"] for rec in records[:20]] == labels[:20]
+
+
+def test_the_web_form_is_generated_from_any_spec_with_odd_names_and_gaps(odd_served):
+    from html.parser import HTMLParser
+
+    from odd_spec import SPEC as ODD
+
+    client, _, _ = odd_served
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+    class Inputs(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fields, self.labels, self.options, self.select = {}, set(), {}, None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag in ("input", "select") and "data-column" in a:
+                self.fields[a["data-column"]] = a
+                self.select = a["data-column"] if tag == "select" else None
+            elif tag == "label":
+                self.labels.add(a["for"])
+            elif tag == "option" and self.select:
+                self.options.setdefault(self.select, []).append(a)
+
+    parsed = Inputs()
+    parsed.feed(page.text)
+    assert list(parsed.fields) == ODD.feature_names                       # "cap-diameter", "stem width", "pH.level", ...
+    assert {f["id"] for f in parsed.fields.values()} <= parsed.labels     # every input has a label
+    assert parsed.fields["cap-diameter"]["data-nullable"] == "true" and parsed.fields["cap-diameter"]["max"] == "20.0"
+    assert len(parsed.options["2nd_reading"]) == 4                        # "unknown" (null) and the three levels
+    assert "Width of the cap" in page.text and "(cm)" in page.text
+    assert not re.search(r'(src|href)="(https?:)?//', page.text)          # nothing from the internet
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        assert client.get(asset).status_code == 200, asset

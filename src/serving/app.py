@@ -8,6 +8,7 @@ module-level `app` is built on first access, so importing this module does nothi
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import logging
 import sys
@@ -21,15 +22,18 @@ from fastapi.responses import JSONResponse
 
 import nbs_lib
 from nbs_lib.config import Settings, UserInputError
+from nbs_lib.serving import request_model
 from src.monitoring.api import monitoring_router
 
 from .deps import project_context, require_api_key
+from .docs import add_offline_docs
 from .errors import error_response
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
 from .routes import OTHER_BODY_BYTES, PREDICT_BODY_BYTES, batch_body_bytes, prediction_router, system_router
 from .settings import serving_context
 from .state import ServingState
+from .web import web_router
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ def create_app(project: Settings | None = None) -> FastAPI:
     state = ServingState(project=project, spec=spec)
     settings = state.settings
     app = FastAPI(title=f"{spec.name} model API", version=nbs_lib.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,   # added by add_offline_docs, on vendored assets: no CDN
                   description=f"Serves `models:/{spec.model_name}@{project.model_alias}` from "
                               f"{project.mlflow_tracking_uri}. {spec.description}")
     app.state.serving = state
@@ -86,7 +91,28 @@ def create_app(project: Settings | None = None) -> FastAPI:
     app.include_router(system_router())
     app.include_router(prediction_router(state))
     app.include_router(monitoring_router(project_context, require_api_key))
+    app.include_router(web_router(state))
+    add_offline_docs(app)
+    app.openapi = openapi_with_served_example(app, state)
     return app
+
+
+def openapi_with_served_example(app: FastAPI, state: ServingState):
+    """`app.openapi` whose record example is the served champion's typical record (medians and most frequent levels
+    of its training split), not the middle of every range: /docs' "Try it out" starts from an ordinary record, and it
+    follows a reload. The schema itself is built once by FastAPI; only the example is put in per call."""
+    build = app.openapi
+    record = request_model(state.spec).__name__
+
+    def openapi() -> dict:
+        schema = build()
+        model = state.models.current
+        if model is None or not model.example or record not in schema.get("components", {}).get("schemas", {}):
+            return schema
+        served = copy.deepcopy(schema)
+        served["components"]["schemas"][record]["examples"] = [model.example]
+        return served
+    return openapi
 
 
 def __getattr__(name: str) -> FastAPI:
