@@ -79,7 +79,8 @@ def test_run_logs_executed_notebooks_summary_and_reference(trained_project):
     html = page.read_text()
     assert "data:image/png;base64" in html and not re.findall(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""", html)
     assert not re.findall(r"cdnjs|unpkg|jsdelivr|googleapis|import\(\"https?:", html)  # opens offline as it is
-    assert [Path(a.path).name for a in client.list_artifacts(champ.run_id, "reference")] == ["train.parquet"]
+    assert sorted(Path(a.path).name for a in client.list_artifacts(champ.run_id, "reference")) == \
+        ["train.parquet", "typical_record.json"]   # the drift reference, and the API's example
     run = client.get_run(champ.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["holdout_accuracy"] == pytest.approx(float(champ.tags["gate.challenger_score"]), abs=1e-6)
