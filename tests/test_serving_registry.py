@@ -4,12 +4,7 @@ a champion up on reload or by polling, and swaps versions under load without los
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,12 +145,6 @@ def test_reload_under_concurrent_requests_swaps_versions_and_loses_none(store, m
 
 # --------------------------------------------------------------------------------- several worker processes ---
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def counter_total(text: str, name: str, **labels: str) -> float:
     """A counter summed over the samples with these labels (every worker's, in multiprocess mode)."""
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
@@ -164,26 +153,16 @@ def counter_total(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def three_workers(store, tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
-    """`python -m src.serving --workers 3` (what the image runs) over the store; yields its URL and the store."""
-    port = free_port()
-    env = {**os.environ, **QUIET_MLFLOW, **store, "API_KEY": KEY, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "shared")}
-    proc = subprocess.Popen([sys.executable, "-m", "src.serving", "--port", str(port), "--workers", "3"], cwd=PROJECT_DIR,
-                            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "api.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
+    """`python -m src.serving --workers 3` (what the image runs) over the store, started as `make bench-robustness`
+    starts it; yields its URL and the store once every worker has loaded the champion."""
+    from src.bench.robustness import api_server, wait_all_ready
+
+    server = api_server(store, tmp_path, workers=3).start()
     try:
-        deadline, ready_in_a_row = time.monotonic() + 180, 0
-        while ready_in_a_row < 30:   # each request lands on some worker: 30 in a row means all three have loaded
-            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.TransportError):   # not listening yet
-                ready_in_a_row = ready_in_a_row + 1 if httpx.get(f"{url}/ready", timeout=5).status_code == 200 else 0
-            time.sleep(0.05 if ready_in_a_row else 0.5)
-        yield url, store
+        wait_all_ready(f"http://127.0.0.1:{server.port}")
+        yield f"http://127.0.0.1:{server.port}", store
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 def test_a_reload_sent_to_one_worker_reaches_every_worker_and_metrics_count_them_all(three_workers):
@@ -199,7 +178,9 @@ def test_a_reload_sent_to_one_worker_reaches_every_worker_and_metrics_count_them
     assert counter_total(httpx.get(f"{url}/metrics").text, "http_requests", path="/health") - health_before == 60
 
     reg.set_registered_model_alias("obesity", "champion", new.version)   # no polling: only the reload tells the API
-    r = httpx.post(f"{url}/model/reload", headers={"X-API-Key": KEY})
+    from src.bench.robustness import KEY as SERVER_KEY  # the key three_workers' server was started with
+
+    r = httpx.post(f"{url}/model/reload", headers={"X-API-Key": SERVER_KEY})
     assert (r.status_code, r.json()["model_version"]) == (200, str(new.version))
     sent, deadline, new_in_a_row = time.monotonic(), time.monotonic() + 60, 0
     while new_in_a_row < 30 and time.monotonic() < deadline:

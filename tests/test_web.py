@@ -4,12 +4,7 @@ page go to reports/ui/. Skipped, saying why, where Chromium or its driver is not
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -30,35 +25,16 @@ SHOTS = PROJECT_DIR / "reports" / "ui"
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"   # no internet, as offline users
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(trained_project, tmp_path_factory) -> Iterator[str]:
-    """The API over the trained store, started as the image starts it; yields its URL."""
-    logs = tmp_path_factory.mktemp("web")
-    port = free_port()
-    env = {**os.environ, **trained_project, "PREDICTION_LOG": str(logs / "predictions.db"), "API_KEY": "web-test-key-0123456789"}
-    proc = subprocess.Popen([sys.executable, "-m", "src.serving", "--port", str(port)], cwd=PROJECT_DIR, env=env,
-                            stdout=subprocess.DEVNULL, stderr=(logs / "api.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
+    """The API over the trained store, started as the image starts it (`python -m src.serving`); yields its URL."""
+    from src.bench.robustness import api_server
+
+    server = api_server(trained_project, tmp_path_factory.mktemp("web"), workers=1).start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, (logs / "api.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        yield url
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
